@@ -1,0 +1,63 @@
+"""Frozen-weights context: standardize each weight once, reuse it until the weight changes.
+
+Inside ``with frozen_weights():`` every weight-standardized conv computes its standardized
+weight once (detached: no gradient reaches the parameters) and reuses it for every forward
+until the context exits or the weight / gain is modified in place (version counter) or
+replaced. Adversarial attacks run K forwards and backwards with fixed parameters; this
+turns K weight standardizations per layer into one and removes every weight-gradient path.
+The cache also keeps the copy in the autocast dtype, so no per-step weight cast remains.
+"""
+import contextlib
+import weakref
+
+import torch
+
+_depth = 0
+_cached_layers: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def is_frozen() -> bool:
+    return _depth > 0
+
+
+def _autocast_dtype(device_type: str):
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def cached_weight(layer, compute):
+    """Return ``compute()`` detached, cached on ``layer`` for the current frozen context.
+
+    The key holds every parameter's identity and version plus the autocast dtype, so an
+    optimizer step or a ``load_state_dict`` inside the context invalidates the cache.
+    """
+    params = [p for p in (layer.weight, getattr(layer, "gain", None)) if p is not None]
+    device_type = layer.weight.device.type
+    cast = _autocast_dtype(device_type)
+    key = tuple((id(p), p._version) for p in params) + (cast,)
+    hit = layer.__dict__.get("_frozen_cache")
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.no_grad(), torch.autocast(device_type, enabled=False):
+        w = compute()
+        if cast is not None:
+            w = w.to(cast)
+    layer.__dict__["_frozen_cache"] = (key, w)
+    _cached_layers.add(layer)
+    return w
+
+
+@contextlib.contextmanager
+def frozen_weights():
+    """Context in which weight-standardized layers compute their weight once (see module doc)."""
+    global _depth
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0:
+            for layer in list(_cached_layers):
+                layer.__dict__.pop("_frozen_cache", None)
+            _cached_layers.clear()
