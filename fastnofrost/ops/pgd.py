@@ -82,6 +82,12 @@ def pgd_step_(x_adv, grad, x, alpha: float, eps: float, lo: float = 0.0, hi: flo
     _check_step(x_adv, grad, x, eps, lo, hi)
     if check_backend(backend) == "reference":
         return x_adv.copy_(reference.pgd_step(x_adv, grad, x, alpha, eps, lo, hi))
+    if torch.compiler.is_compiling():
+        # Traced graphs are functionalized anyway; the functional op plus copy_ is what that
+        # yields, and it keeps the write-back to a graph input that AOTAutograd drops for a
+        # mutating custom op in graphs that require grad (seen with torch 2.14).
+        return x_adv.copy_(torch.ops.fastnofrost.pgd_step(x_adv, grad, x, float(alpha), float(eps),
+                                                          float(lo), float(hi)))
     torch.ops.fastnofrost.pgd_step_(x_adv, grad, x, float(alpha), float(eps), float(lo), float(hi))
     return x_adv
 

@@ -3,8 +3,9 @@
 //   step:  x_adv <- clip(clip(x_adv + alpha * sign(grad), x - eps, x + eps), lo, hi)
 //   start: x_adv  = clip(x + eps * (2u - 1), lo, hi),  u ~ U[0, 1) from Philox-4x32-10
 //
-// The random start draws u exactly as Triton's tl.rand(seed, offset) does (Philox-4x32 with
-// 10 rounds, counter = element offset, key = seed), so CPU and CUDA give the same noise.
+// The random start draws u from Philox-4x32-10 keyed by the seed: element i takes output i % 4
+// of counter (i / 4, 0, 0, 0), mapped to [0, 1) as tl.rand maps bits. The Triton kernel draws
+// the same way (tl.randint4x), so CPU and CUDA give the same noise for the same seed.
 #include "common.h"
 
 namespace fastnofrost {
@@ -41,9 +42,9 @@ inline uint32_t mulhi32(uint32_t a, uint32_t b) {
   return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
 }
 
-// First 32-bit output of Philox-4x32-10 with counter (offset, 0, 0, 0) and key = seed.
-inline uint32_t philox_first(uint64_t seed, uint32_t offset) {
-  uint32_t c0 = offset, c1 = 0, c2 = 0, c3 = 0;
+// Philox-4x32-10 with counter (counter, 0, 0, 0) and key = seed: four 32-bit outputs.
+inline void philox4(uint64_t seed, uint32_t counter, uint32_t out[4]) {
+  uint32_t c0 = counter, c1 = 0, c2 = 0, c3 = 0;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int r = 0; r < 10; ++r) {
     const uint32_t p0 = c0, p2 = c2;
@@ -54,7 +55,10 @@ inline uint32_t philox_first(uint64_t seed, uint32_t offset) {
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  return c0;
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
 }
 
 // Map 32 random bits to [0, 1) the way tl.rand does.
@@ -69,11 +73,17 @@ void random_start_kernel(const scalar_t* x, scalar_t* out, int64_t n, double eps
                          uint64_t seed) {
   using acc_t = acc_type<scalar_t>;
   const acc_t eps = eps_d, lo = lo_d, hi = hi_d;
-  at::parallel_for(0, n, kElementGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const float u = uniform_from_bits(philox_first(seed, static_cast<uint32_t>(i)));
-      const acc_t noise = static_cast<acc_t>(u * 2.0f - 1.0f) * eps;
-      out[i] = static_cast<scalar_t>(clip(static_cast<acc_t>(x[i]) + noise, lo, hi));
+  const int64_t n_counters = (n + 3) / 4;
+  at::parallel_for(0, n_counters, kElementGrain / 4, [&](int64_t begin, int64_t end) {
+    uint32_t bits[4];
+    for (int64_t c = begin; c < end; ++c) {
+      philox4(seed, static_cast<uint32_t>(c), bits);
+      const int64_t first = 4 * c, lanes = std::min<int64_t>(4, n - first);
+      for (int64_t j = 0; j < lanes; ++j) {
+        const float u = uniform_from_bits(bits[j]);
+        const acc_t noise = static_cast<acc_t>(u * 2.0f - 1.0f) * eps;
+        out[first + j] = static_cast<scalar_t>(clip(static_cast<acc_t>(x[first + j]) + noise, lo, hi));
+      }
     }
   });
 }

@@ -1,7 +1,8 @@
 """L-inf PGD step and random start: Triton kernels, one pass over memory each.
 
     step:  x_adv <- clip(clip(x_adv + alpha * sign(grad), x - eps, x + eps), lo, hi)
-    start: x_adv  = clip(x + eps * (2u - 1), lo, hi),  u = tl.rand(seed, offset)
+    start: x_adv  = clip(x + eps * (2u - 1), lo, hi),  u from Philox-4x32-10 (tl.randint4x):
+           element i takes output i % 4 of counter i // 4
 
 The CPU kernel (kernels/cpu/pgd.cpp) draws the same Philox numbers for the same seed.
 Inputs are processed in storage order; callers pass dense tensors of identical layout.
@@ -32,7 +33,9 @@ def _random_start_kernel(X, OUT, n, eps, lo, hi, seed, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    u = tl.rand(seed, offs)
+    r0, r1, r2, r3 = tl.randint4x(seed, offs // 4)
+    lane = offs % 4
+    u = tl.uint_to_uniform_float(tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3))))
     v = x + (u * 2.0 - 1.0) * eps
     v = tl.minimum(tl.maximum(v, lo), hi)
     tl.store(OUT + offs, v.to(OUT.dtype.element_ty), mask=mask)

@@ -1,0 +1,34 @@
+"""Shared test helpers: tolerances per dtype and output poisoning."""
+import contextlib
+
+import torch
+
+# Liger-Kernel style: tolerance per dtype of the *output*, against float64 math.
+TOL = {
+    torch.float64: dict(atol=1e-10, rtol=1e-10),
+    torch.float32: dict(atol=1e-5, rtol=1e-4),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+}
+
+
+def assert_close(actual, expected, dtype=None, msg=""):
+    dtype = dtype or actual.dtype
+    assert not actual.isnan().any(), f"{msg}: NaN in output (unwritten element or bad math)"
+    torch.testing.assert_close(actual.double(), expected.double(), **TOL[dtype], msg=msg or None)
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Make every fresh allocation (torch.empty & co, C++ at::empty included) NaN-filled,
+    so an output element a kernel forgets to write fails the comparison."""
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        assert torch.empty(8).isnan().all(), "poisoning is not active"
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+        torch.utils.deterministic.fill_uninitialized_memory = prev_fill

@@ -1,0 +1,53 @@
+"""CUDA dispatch of the fused ops (Triton compiled for real) against the CPU kernels.
+Skipped without a GPU; run by benchmarks/gpu_suite.sh."""
+import pytest
+import torch
+
+from fastnofrost.nn import ScaledStdConv2d, frozen_weights
+from fastnofrost.ops import pgd_random_start, pgd_step, pgd_step_, scaled_weight_standardization as ws
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 3, 3), (2048, 512, 1, 1), (256, 2048, 1, 1), (64, 3, 7, 7), (1, 4608, 1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_ws_cuda_matches_cpu(shape, dtype):
+    w = torch.randn(shape).to(dtype)
+    gain = (torch.rand(shape[0], 1, 1, 1) + 0.5).to(dtype)
+    wc, gc = w.cuda().requires_grad_(), gain.cuda().requires_grad_()
+    wh, gh = w.clone().requires_grad_(), gain.clone().requires_grad_()
+    out_c, out_h = ws(wc, gc, 0.2, 1e-5), ws(wh, gh, 0.2, 1e-5)
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out_c.cpu().float(), out_h.float(), **tol)
+    g = torch.randn(shape).to(dtype)
+    out_c.backward(g.cuda())
+    out_h.backward(g)
+    for a, b in ((wc.grad, wh.grad), (gc.grad, gh.grad)):
+        scale = b.float().abs().max().item()
+        torch.testing.assert_close(a.cpu().float(), b.float(), atol=tol["atol"] * scale + 1e-6, rtol=tol["rtol"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_pgd_cuda_matches_cpu(dtype):
+    x = torch.rand(64, 3, 224, 224).to(dtype)
+    x_adv = (x.float() + 0.01).clamp(0, 1).to(dtype)
+    g = torch.randn_like(x)
+    out_c = pgd_step(x_adv.cuda(), g.cuda(), x.cuda(), 2 / 255, 8 / 255)
+    torch.testing.assert_close(out_c.cpu(), pgd_step(x_adv, g, x, 2 / 255, 8 / 255), atol=1e-2 if dtype != torch.float32 else 1e-6, rtol=0)
+    xa = x_adv.cuda()
+    pgd_step_(xa, g.cuda(), x.cuda(), 2 / 255, 8 / 255)
+    assert torch.equal(xa, out_c)
+    r_c = pgd_random_start(x.cuda(), 8 / 255, seed=11).cpu()
+    r_h = pgd_random_start(x, 8 / 255, seed=11)
+    torch.testing.assert_close(r_c, r_h, atol=1e-6 if dtype == torch.float32 else 1e-2, rtol=0)
+
+
+def test_frozen_and_compile_on_cuda():
+    conv = ScaledStdConv2d(16, 32, 3, gamma=1.7139588594436646, eps=1e-5).cuda()
+    x = torch.rand(8, 16, 32, 32, device="cuda")
+    ref = conv(x)
+    with frozen_weights(), torch.autocast("cuda", dtype=torch.bfloat16):
+        y = conv(x)
+    torch.testing.assert_close(y.float(), ref, atol=5e-2, rtol=5e-2)
+    compiled = torch.compile(conv, fullgraph=True)
+    torch.testing.assert_close(compiled(x), ref, atol=1e-4, rtol=1e-4)
