@@ -19,6 +19,11 @@ step() { echo "== $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; local rc=${PIP
 if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/fnf-site .whl/*.whl && export PYTHONPATH=/tmp/fnf-site:${PYTHONPATH:-}
 fi
+# Use the compiler that matches the system libstdc++: the GPU image exports CXX=/opt/gcc/bin/g++,
+# a newer gcc whose module crashes on its first error message (see README, Install).
+# FNF_CXX overrides.
+if [ -n "${FNF_CXX:-}" ]; then export CXX=$FNF_CXX; elif [ -x /usr/bin/g++ ]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc; fi
+echo "compiler: ${CXX:-$(command -v c++)}" | tee -a "$LOG"
 step nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 step $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 step $PY -m pip install -q --no-build-isolation --no-deps --no-index -e . || { echo "build failed"; exit 1; }
