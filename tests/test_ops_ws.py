@@ -184,5 +184,8 @@ def test_triton_matches_cpu_kernel_float64():
     gain = torch.rand(6, 1, 1, 1, dtype=torch.float64)
     a = tws.ws_forward(w.to(_triton_device()), gain.to(_triton_device()), 0.3, 1e-5)
     b = torch.ops.fastnofrost.ws_forward(w, gain, 0.3, 1e-5)
+    # Triton passes Python float arguments (scale, eps) as float32: on CUDA a float64 weight is
+    # standardized to float64 except for that one float32 rounding of the scale (~1e-8 relative).
+    tol = 1e-12 if a[0].device.type == "cpu" else 1e-7
     for x, y in zip(a, b):
-        torch.testing.assert_close(x.cpu(), y, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(x.cpu(), y, atol=tol, rtol=tol)
