@@ -1,5 +1,9 @@
 """Drop-in layers built on the fused ops."""
+from .convert import convert_timm
+from .drop_path import DropPath
+from .dual_bn import BN_MODES, DualBatchNorm2d, set_bn_mode
 from .frozen import frozen_weights, is_frozen
 from .std_conv import ScaledStdConv2d, StdConv2d
 
-__all__ = ["ScaledStdConv2d", "StdConv2d", "frozen_weights", "is_frozen"]
+__all__ = ["ScaledStdConv2d", "StdConv2d", "frozen_weights", "is_frozen", "DropPath", "DualBatchNorm2d",
+           "set_bn_mode", "BN_MODES", "convert_timm"]
