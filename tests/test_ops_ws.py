@@ -189,3 +189,19 @@ def test_triton_matches_cpu_kernel_float64():
     tol = 1e-12 if a[0].device.type == "cpu" else 1e-7
     for x, y in zip(a, b):
         torch.testing.assert_close(x.cpu(), y, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0, -50.0])
+def test_large_mean_small_variance(offset):
+    """A mean far from zero must not cancel the variance (one-pass moments are shifted)."""
+    std = 1e-2
+    w = offset + std * torch.randn(16, 4608)
+    ref = ws64(w, None, 1.0, 1e-8)
+    # (w - mean) in float32 is exact only to an ulp of |offset|: that bounds any algorithm.
+    # A naive unshifted E[w^2] - E[w]^2 would be off by O(1) here.
+    atol = 1e-5 + 4 * torch.finfo(torch.float32).eps * abs(offset) / std
+    from fastnofrost.triton_kernels import ws as tws
+
+    for out in (ws(w, None, 1.0, 1e-8), tws.ws_forward(w.to(_triton_device()), None, 1.0, 1e-8)[0].cpu()):
+        torch.testing.assert_close(out.double(), ref, atol=atol, rtol=1e-4)
+        assert abs(out.double().std(1, unbiased=False).mean().item() - 1) < 1e-3

@@ -19,17 +19,20 @@ void ws_forward_rows(const scalar_t* w, const scalar_t* gain, double scale, doub
   at::parallel_for(0, rows, grain_rows(n), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* row = w + r * n;
-      acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < n; ++i) sum += static_cast<acc_t>(row[i]);
-      const acc_t mean = sum / static_cast<acc_t>(n);
-      acc_t sq = 0;
-#pragma omp simd reduction(+ : sq)
+      // One pass for both moments, shifted by the row's first element so that a mean far
+      // from zero does not cancel the variance: var = E[d^2] - E[d]^2 with d = w - w[0].
+      const acc_t shift = static_cast<acc_t>(row[0]);
+      acc_t sum = 0, sq = 0;
+#pragma omp simd reduction(+ : sum, sq)
       for (int64_t i = 0; i < n; ++i) {
-        const acc_t d = static_cast<acc_t>(row[i]) - mean;
+        const acc_t d = static_cast<acc_t>(row[i]) - shift;
+        sum += d;
         sq += d * d;
       }
-      const acc_t rstd = acc_t(1) / std::sqrt(sq / static_cast<acc_t>(n) + static_cast<acc_t>(eps));
+      const acc_t dmean = sum / static_cast<acc_t>(n);
+      const acc_t mean = shift + dmean;
+      const acc_t var = std::max(sq / static_cast<acc_t>(n) - dmean * dmean, acc_t(0));
+      const acc_t rstd = acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
       const acc_t g = gain ? static_cast<acc_t>(gain[r]) : acc_t(1);
       const acc_t a = g * static_cast<acc_t>(scale) * rstd;
       const acc_t b = -mean * a;
