@@ -28,6 +28,9 @@ step nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 step $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 step $PY -m pip install -q --no-build-isolation --no-deps --no-index -e . || { echo "build failed"; exit 1; }
 step $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_ops_ws.py tests/test_ops_pgd.py tests/test_std_conv.py
+step $PY -m pytest -q -p no:cacheprovider tests/test_models.py
+step $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_attacks.py
 OUT="$OUT" step $PY benchmarks/bench_kernels.py
+OUT="$OUT" step $PY benchmarks/bench_attack.py --compile reduce-overhead
 echo "gpu_suite finished with status $status" | tee -a "$LOG"
 exit $status

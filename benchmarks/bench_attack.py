@@ -1,0 +1,170 @@
+"""Attack benchmark: one NoFrost-style PGD attack (L-inf eps 8/255, K=10 steps, step
+min(1.25 eps, eps + 4/255) / K, random start) on nf_resnet26 small-input, 32x32x3, batch 128.
+
+Side by side in one run:
+  ours        fastnofrost.attacks.pgd: frozen attack mode (WS once per layer per attack, no
+              weight gradients, dropout off), fused random start and step; fp32, and bf16 /
+              fp16 autocast (and torch.compile of the step) where asked
+  reference   eager fp32 loop as advertorch / the official code run it: WS recomputed every
+              step (pure-torch reference WS), parameters requiring grad, loss.backward()
+              (weight gradients computed and accumulated), torch ops for the step
+
+Medians of wall time per attack; candidates are timed in interleaved rounds after a 1-step
+warm-up of each, so drift in machine load falls on every candidate alike. Also checks that
+ours (fp32) gives the same x_adv as the eager loop run with the same (fused) WS op. Prints a
+table and writes JSON to benchmarks/results/<device>/bench_attack.json (or $OUT/).
+
+    python benchmarks/bench_attack.py [--device cpu|cuda] [--batch 128] [--steps 10] [--repeats 3]
+                                      [--precisions fp32,bf16] [--compile MODE]
+"""
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import fastnofrost
+from fastnofrost.attacks import default_alpha, pgd
+from fastnofrost.nn import ScaledStdConv2d, StdConv2d
+from fastnofrost.ops import pgd_random_start
+
+EPS = 8 / 255
+
+
+def build_models(device):
+    try:
+        from fastnofrost.models import create_model
+    except ImportError as exc:
+        sys.exit(f"bench_attack: fastnofrost.models is not importable ({exc}); nf_resnet26_small is needed")
+    torch.manual_seed(0)
+    model = create_model("nf_resnet26_small", num_classes=10).to(device).eval()
+    with torch.no_grad():  # timm's init zeroes each block's last gain: give the branches signal
+        for name, p in model.named_parameters():
+            if name.endswith("gain"):
+                p.uniform_(0.5, 1.5)
+    reference = copy.deepcopy(model)
+    for layer in reference.modules():
+        if isinstance(layer, (ScaledStdConv2d, StdConv2d)):
+            layer.backend = "reference"
+    return model, reference
+
+
+def reference_pgd(model, x, y, start, eps, steps, alpha):
+    """advertorch-style: eval mode, parameters requiring grad, loss.backward() every step."""
+    model.eval()
+    x_adv = start.clone()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = F.cross_entropy(model(x_adv), y, reduction="sum")
+        loss.backward()
+        with torch.no_grad():
+            x_adv = x_adv + alpha * x_adv.grad.sign()
+            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
+
+
+def describe_device(device):
+    info = dict(device=device, torch=torch.__version__, fastnofrost=fastnofrost.__version__,
+                python=platform.python_version(), threads=torch.get_num_threads(), machine=platform.machine())
+    if device == "cuda":
+        info.update(name=torch.cuda.get_device_name())
+    else:
+        info.update(name=platform.processor() or "cpu", cores=os.cpu_count(),
+                    note="shared CPU: another process may have been running")
+    return info
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precisions", default=None,
+                   help="ours' precisions, comma separated (default: fp32 on CPU, fp32,bf16,fp16 on CUDA)")
+    p.add_argument("--compile", default=None, metavar="MODE",
+                   help="also time ours (fp32 and bf16 if listed) with compile_step=MODE "
+                        "('default', 'reduce-overhead')")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_attack: --device cuda but no CUDA device is visible")
+    device = args.device
+    precisions = (args.precisions or ("fp32,bf16,fp16" if device == "cuda" else "fp32")).split(",")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    model, ref_model = build_models(device)
+    torch.manual_seed(1)
+    x = torch.rand(args.batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    alpha = default_alpha(EPS, args.steps)
+    start = pgd_random_start(x, EPS, generator=torch.Generator().manual_seed(0))
+
+    def ours(precision, compile_step=False):
+        def run(steps):
+            return pgd(model, x, y, EPS, steps, alpha, precision=precision, compile_step=compile_step,
+                       generator=torch.Generator().manual_seed(0))
+        return run
+
+    candidates = {f"ours {prec}": ours(prec) for prec in precisions}
+    if args.compile:
+        for prec in [p for p in precisions if p in ("fp32", "bf16")]:
+            candidates[f"ours {prec} compile={args.compile}"] = ours(prec, args.compile)
+    candidates["reference fp32 eager"] = lambda steps: reference_pgd(ref_model, x, y, start, EPS, steps, alpha)
+
+    for name, fn in candidates.items():  # warm-up: one step each (compiles, allocator)
+        fn(1)
+    sync()
+    times = {name: [] for name in candidates}
+    for r in range(args.repeats):
+        for name, fn in candidates.items():
+            sync()
+            t0 = time.perf_counter()
+            fn(args.steps)
+            sync()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+            print(f"  round {r + 1}/{args.repeats} {name}: {times[name][-1]:.1f} ms", flush=True)
+        ref_model.zero_grad(set_to_none=True)
+
+    # same iterates as the eager loop computing the same WS op (the pure-torch WS rounds differently,
+    # which flips the sign of some near-zero gradients): ours fp32 on the first 8 samples
+    n = min(8, args.batch)
+    eager = reference_pgd(model, x[:n], y[:n], start[:n], EPS, args.steps, alpha)
+    model.zero_grad(set_to_none=True)
+    same_start = pgd_random_start(x[:n], EPS, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(same_start, start[:n]), "the fused random start is not per-element deterministic"
+    check = (pgd(model, x[:n], y[:n], EPS, args.steps, alpha, generator=torch.Generator().manual_seed(0))
+             - eager).abs().max().item()
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    ref_ms = medians["reference fp32 eager"]
+    result = dict(info=describe_device(device),
+                  config=dict(model="nf_resnet26_small", batch=args.batch, input=[3, 32, 32], eps=EPS,
+                              steps=args.steps, alpha=alpha, repeats=args.repeats),
+                  ms=medians, all_ms=times, speedup_vs_reference={k: ref_ms / v for k, v in medians.items()},
+                  max_abs_diff_vs_eager_same_ws=check)
+
+    print(f"\n# bench_attack on {result['info']}")
+    print(f"# nf_resnet26_small, batch {args.batch}, 3x32x32, PGD K={args.steps}, eps 8/255, alpha {alpha:.5f}")
+    print(f"{'method':<36} {'median ms':>12} {'vs reference':>13}")
+    for name, ms in medians.items():
+        print(f"{name:<36} {ms:>12.1f} {ref_ms / ms:>12.2f}x")
+    print("('vs reference' = reference time / method time: how many times faster)")
+    print(f"ours fp32 vs the eager loop with the same WS op, first {n} samples: max |x_adv diff| = {check:.3g}")
+
+    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else (
+        Path(__file__).resolve().parent / "results" / device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "bench_attack.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

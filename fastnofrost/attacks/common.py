@@ -1,0 +1,178 @@
+"""What every attack shares: argument checks, the frozen attack mode, mixed precision, and the
+one gradient computation (w.r.t. the input only).
+
+Attack mode ("attack inside a frozen world", DESIGN.md): while an attack runs the model is in
+eval mode (dropout and drop-path off), every parameter has ``requires_grad=False`` and
+weight-standardized layers compute their standardized weight once (``frozen_weights()``).
+With frozen parameters and detached standardized weights, autograd builds no weight-gradient
+node: ``torch.autograd.grad(loss, x_adv)`` runs the input-gradient half of the backward only.
+Everything is restored on exit, also when the attack raises.
+"""
+import contextlib
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..nn import frozen_weights
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+FP16_LOSS_SCALE = 1024.0
+
+
+def check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps <= 1.0:
+        raise ValueError(f"eps must be a number in [0, 1] (L-inf radius in [0, 1] pixel space), got {eps!r}")
+    return float(eps)
+
+
+def check_count(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_norm(norm: str) -> str:
+    if norm != "Linf":
+        raise ValueError(f"norm must be 'Linf' (the only threat model of these attacks), got {norm!r}")
+    return norm
+
+
+def default_alpha(eps: float, steps: int) -> float:
+    """The reference recipe's PGD step: min(1.25 * eps, eps + 4/255) / steps."""
+    return min(1.25 * eps, eps + 4 / 255) / steps
+
+
+def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
+    """x: float32/float64 (N, ...) pixels in [0, 1]; y: int64 (N,) labels >= 0 on x's device."""
+    if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float64) or x.dim() < 2:
+        raise TypeError("x must be a float32 (or float64) tensor of shape (N, ...) holding pixels in [0, 1], got "
+                        f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}; the model may "
+                        "still run in bf16/fp16 with precision='bf16'/'fp16'")
+    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != x.shape[:1]:
+        raise ValueError(f"y must be an int64 tensor of shape ({x.shape[0]},) (one label per input), got "
+                         f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
+    if y.device != x.device:
+        raise ValueError(f"x and y must be on one device, got {x.device} and {y.device}")
+    if x.numel() == 0:
+        raise ValueError("x is empty: nothing to attack")
+    lo, hi, y_min = torch.stack([x.min().double(), x.max().double(), y.min().double()]).tolist()
+    if not (0.0 <= lo and hi <= 1.0):
+        raise ValueError(f"inputs must be pixels in [0, 1] (normalization is the model's first layer), "
+                         f"got values in [{lo:.4g}, {hi:.4g}]")
+    if y_min < 0:
+        raise ValueError(f"labels must be >= 0, got {int(y_min)}")
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, name: str = "y") -> None:
+    """Labels against the model's number of outputs (known at the first forward)."""
+    top = int(labels.max())
+    if top >= num_classes:
+        raise ValueError(f"{name} holds label {top}, out of range for a model with {num_classes} outputs")
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module, cache_weights: bool = True):
+    """Eval mode, frozen parameters and (``cache_weights``) standardized weights computed once;
+    all restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with frozen_weights() if cache_weights else contextlib.nullcontext():
+            yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad in flags:
+            p.requires_grad_(requires_grad)
+
+
+class Precision:
+    """Model precision during an attack: 'fp32' (no autocast), 'bf16' or 'fp16' autocast.
+
+    The perturbation always stays in the input's float32; only the model runs in the autocast
+    dtype. For fp16 the loss is multiplied by ``loss_scale`` (default 1024) before the
+    gradient, so small input gradients do not underflow; every consumer of the gradient here
+    is scale invariant (sign steps, L1-normalized momentum), so nothing needs unscaling.
+    """
+
+    def __init__(self, name: str = "fp32", loss_scale: Optional[float] = None):
+        if name not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {name!r}")
+        if loss_scale is not None:
+            check_positive(loss_scale, "loss_scale")
+        self.name = name
+        self.dtype = PRECISIONS[name]
+        self.loss_scale = float(loss_scale) if loss_scale is not None else (
+            FP16_LOSS_SCALE if name == "fp16" else 1.0)
+
+    def autocast(self, device_type: str):
+        return torch.autocast(device_type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def logits(self, forward, x: torch.Tensor) -> torch.Tensor:
+        """float32 logits of ``forward(x)`` run under this precision."""
+        with self.autocast(x.device.type):
+            return forward(x).float()
+
+
+def input_gradient(forward, x_adv: torch.Tensor, objective, precision: Precision):
+    """Per-sample objective, logits and d(sum objective)/d(x_adv) (times the loss scale).
+
+    ``x_adv`` is the only leaf that requires grad, so this is the whole backward: no
+    parameter gradient, no graph kept after the call.
+    """
+    x_adv.requires_grad_(True)
+    logits = precision.logits(forward, x_adv)
+    values = objective(logits)
+    (grad,) = torch.autograd.grad(values.sum() * precision.loss_scale, x_adv)
+    if precision.name == "fp16":  # an overflow gives inf (whose sign is fine) or nan: no step there
+        grad = torch.nan_to_num(grad, nan=0.0)
+    return values.detach(), logits.detach(), grad
+
+
+def compiled(model: nn.Module, compile_step):
+    """The model forward of one attack step: eager, or torch.compile'd (``True`` or a
+    torch.compile mode such as 'reduce-overhead', which uses CUDA graphs on CUDA).
+
+    A compiled step runs outside the frozen-weights cache (``attack_mode(model,
+    cache_weights=False)``): traced through the cache's bookkeeping (parameter ids and
+    versions, a WeakSet), dynamo breaks the graph at every layer and recompiles per layer, and
+    under CUDA graphs a cached weight produced inside the graph is overwritten by the next
+    replay (seen on an H100: "accessing tensor output of CUDAGraphs that has been overwritten").
+    The compiled graph standardizes the (frozen) weights itself, one fused pass over the
+    weights per step; still no weight gradient, as the parameters do not require grad.
+    """
+    if compile_step is False:
+        return model
+    return torch.compile(model, mode=None if compile_step is True else compile_step)
+
+
+def check_compile_step(compile_step):
+    modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    if not (isinstance(compile_step, bool) or compile_step in modes):
+        raise ValueError(f"compile_step must be True, False or a torch.compile mode {modes}, got {compile_step!r}")
+    return compile_step
+
+
+def new_generator(seed: Optional[int]):
+    """A CPU generator seeded with ``seed``, or None (torch's default generator) for seed=None."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer or None, got {seed!r}")
+    return torch.Generator().manual_seed(seed)
+
+
+def per_sample(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (N,) tensor viewed as (N, 1, 1, ...) to broadcast against ``like``."""
+    return mask.view((-1,) + (1,) * (like.dim() - 1))

@@ -1,0 +1,112 @@
+"""The fused L-inf PGD loop: what training calls every step and what evaluation runs.
+
+One loop covers PGD (uniform random start), BIM (no random start), MIA / MI-FGSM (momentum
+over L1-normalized gradients, Dong et al. 2018), targeted PGD (random other class or given
+targets) and CW-loss PGD. Per step: one forward (under autocast if asked), one
+``torch.autograd.grad`` w.r.t. the fp32 perturbation only, and one fused in-place step
+``clip(clip(x_adv + alpha * sign(g), x - eps, x + eps), 0, 1)``. The whole attack runs in
+:func:`~fastnofrost.attacks.common.attack_mode` (eval mode, frozen parameters, standardized
+weights computed once), so no weight gradient is ever computed and nothing of a step's graph
+outlives it: memory is flat in the number of steps.
+"""
+from dataclasses import asdict, dataclass
+from typing import Optional, Union
+
+import torch
+
+from ..ops import pgd_random_start, pgd_step_
+from .common import (Precision, attack_mode, check_compile_step, check_count, check_eps, check_inputs,
+                     check_norm, check_positive, compiled, default_alpha, input_gradient, new_generator,
+                     per_sample)
+from .losses import Objective, check_loss
+
+
+def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, steps: int = 10,
+        alpha: Optional[float] = None, *, random_start: bool = True, loss: str = "ce",
+        target: Union[None, str, torch.Tensor] = None, decay: Optional[float] = None, confidence: float = 50.0,
+        precision: str = "fp32", loss_scale: Optional[float] = None, compile_step=False, generator=None,
+        return_success: bool = False):
+    """L-inf PGD in [0, 1] pixel space; returns ``x_adv`` (and per-sample success if asked).
+
+    Args:
+        eps, steps, alpha: radius, number of steps, step size (default
+            ``min(1.25 * eps, eps + 4/255) / steps``, the reference recipe).
+        random_start: start at ``clip(x + U(-eps, eps), 0, 1)`` (fused op), else at x (BIM).
+        loss: 'ce' or 'cw' (CW margin capped at ``confidence``); see :mod:`.losses`.
+        target: None (untargeted), 'random' (a random other class per sample) or a tensor of
+            target classes; targeted attacks step to raise the target's score.
+        decay: momentum decay for MIA (``g <- decay * g + grad / |grad|_1``, step on sign(g)).
+        precision: 'fp32', 'bf16' or 'fp16' (autocast; fp16 with ``loss_scale``, default 1024).
+        compile_step: torch.compile the model forward of a step (True, or a mode such as
+            'reduce-overhead' for CUDA graphs); the compiled graph standardizes the frozen
+            weights itself (see :func:`~fastnofrost.attacks.common.compiled`).
+        generator: torch.Generator (CPU) for the random start and random targets.
+        return_success: also return success of the final x_adv (one extra forward).
+    """
+    eps, steps = check_eps(eps), check_count(steps, "steps")
+    alpha = default_alpha(eps, steps) if alpha is None else check_positive(alpha, "alpha")
+    if decay is not None:
+        check_positive(decay, "decay")
+    check_compile_step(compile_step)
+    check_inputs(x, y)
+    prec = Precision(precision, loss_scale)
+    objective = Objective(loss, y, target, confidence, generator)
+
+    with attack_mode(model, cache_weights=not compile_step):
+        forward = compiled(model, compile_step)
+        x = x.detach()
+        x_adv = pgd_random_start(x, eps, generator=generator) if random_start else x.clone()
+        momentum = torch.zeros_like(x) if decay is not None else None
+        for _ in range(steps):
+            _, _, grad = input_gradient(forward, x_adv, objective, prec)
+            with torch.no_grad():
+                if momentum is not None:
+                    l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12)
+                    grad = momentum.mul_(decay).add_(grad / per_sample(l1, grad))
+                pgd_step_(x_adv, grad, x, alpha, eps)
+        x_adv = x_adv.detach()
+        if not return_success:
+            return x_adv
+        with torch.no_grad():
+            return x_adv, objective.success(prec.logits(forward, x_adv))
+
+
+@dataclass
+class PGD:
+    """``attack(model, x, y) -> x_adv``: :func:`pgd` with fixed settings (see there).
+
+    ``targeted=True`` attacks a random other class per sample; ``seed`` makes the random start
+    and targets reproducible (one generator per call, so every call is the same attack).
+    """
+    eps: float = 8 / 255
+    steps: int = 10
+    alpha: Optional[float] = None
+    random_start: bool = True
+    loss: str = "ce"
+    targeted: bool = False
+    decay: Optional[float] = None
+    confidence: float = 50.0
+    precision: str = "fp32"
+    loss_scale: Optional[float] = None
+    compile_step: Union[bool, str] = False
+    seed: Optional[int] = None
+    norm: str = "Linf"
+
+    def __post_init__(self):
+        check_norm(self.norm)
+        check_eps(self.eps)
+        check_count(self.steps, "steps")
+        if self.alpha is not None:
+            check_positive(self.alpha, "alpha")
+        if self.decay is not None:
+            check_positive(self.decay, "decay")
+        check_loss(self.loss)
+        check_compile_step(self.compile_step)
+        Precision(self.precision, self.loss_scale)
+        new_generator(self.seed)
+
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        kw = asdict(self)
+        targeted, seed = kw.pop("targeted"), kw.pop("seed")
+        kw.pop("norm")
+        return pgd(model, x, y, target="random" if targeted else None, generator=new_generator(seed), **kw)
