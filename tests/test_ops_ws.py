@@ -58,8 +58,10 @@ def test_forward_cpu(shape, dtype, with_gain):
     assert out.shape == w.shape and out.dtype == dtype
     assert_close(out, ws64(w, gain, scale, 1e-5), dtype, "w_hat")
     w64 = w.double().reshape(shape[0], -1)
-    torch.testing.assert_close(mean.double(), w64.mean(1), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(rstd.double(), (w64.var(1, unbiased=False) + 1e-5).rsqrt(), atol=1e-5, rtol=1e-5)
+    # Statistics are float32 sums over up to 4608 elements: judge the mean on the row's scale.
+    std = w64.std(1, unbiased=False)
+    torch.testing.assert_close(mean.double(), w64.mean(1), atol=5e-5 * std.max().item() + 1e-7, rtol=1e-5)
+    torch.testing.assert_close(rstd.double(), (w64.var(1, unbiased=False) + 1e-5).rsqrt(), atol=1e-5, rtol=5e-5)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
