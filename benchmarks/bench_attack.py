@@ -19,18 +19,17 @@ table and writes JSON to benchmarks/results/<device>/bench_attack.json (or $OUT/
 """
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import fastnofrost
+from results_io import save_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from fastnofrost.attacks import default_alpha, pgd
 from fastnofrost.nn import ScaledStdConv2d, StdConv2d
 from fastnofrost.ops import pgd_random_start
@@ -157,12 +156,7 @@ def main(argv=None):
     print("('vs reference' = reference time / method time: how many times faster)")
     print(f"ours fp32 vs the eager loop with the same WS op, first {n} samples: max |x_adv diff| = {check:.3g}")
 
-    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else (
-        Path(__file__).resolve().parent / "results" / device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "bench_attack.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    save_result("bench_attack.json", device, result)
     return result
 
 

@@ -10,18 +10,17 @@ to benchmarks/results/<device>/bench_kernels.json (or $OUT/ when OUT is set).
     python benchmarks/bench_kernels.py [--device cpu|cuda] [--repeats N] [--no-compile]
 """
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import fastnofrost
+from results_io import save_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from fastnofrost.ops import reference
 
 GAMMA = 1.7139588594436646
@@ -195,12 +194,7 @@ def main(argv=None):
         row("  fused random start", r["random_start"]["ms"], r["random_start"]["bytes"])
     print("('vs fused' = method time / fused time: how many times faster the fused kernel is)")
 
-    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else (
-        Path(__file__).resolve().parent / "results" / args.device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "bench_kernels.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    save_result("bench_kernels.json", args.device, result)
     return result
 
 
