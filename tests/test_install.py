@@ -2,7 +2,6 @@
 outside the repository (slow: builds the kernels and installs torch from the local index)."""
 import os
 import subprocess
-import sys
 import venv
 from pathlib import Path
 

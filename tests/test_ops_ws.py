@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fastnofrost  # noqa: F401
-from fastnofrost.ops import reference, scaled_weight_standardization as ws
+from fastnofrost.ops import scaled_weight_standardization as ws
 
 from helpers import assert_close, poisoned_outputs
 

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from ..ops import pgd_random_start
-from .common import (Precision, attack_mode, check_count, check_eps, check_inputs, check_labels, check_norm,
+from .common import (check_settings, Precision, attack_mode, check_count, check_eps, check_inputs, check_labels,
                      check_positive, input_gradient, new_generator, per_sample)
 from .losses import Objective, check_loss
 
@@ -129,15 +129,12 @@ class APGD:
     norm: str = "Linf"
 
     def __post_init__(self):
-        check_norm(self.norm)
-        check_eps(self.eps)
+        check_settings(self.eps, self.norm, self.precision, self.loss_scale, self.seed)
         check_count(self.steps, "steps")
         check_count(self.restarts, "restarts")
         check_count(self.n_target_classes, "n_target_classes")
         check_positive(self.rho, "rho")
         check_loss(self.loss)
-        Precision(self.precision, self.loss_scale)
-        new_generator(self.seed)
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return apgd(model, x, y, self.eps, self.steps, loss=self.loss, targeted=self.targeted,

@@ -11,7 +11,7 @@ and weight standardization computed once per layer for the entire AutoAttack run
 from dataclasses import dataclass
 import torch
 
-from .common import attack_mode, check_count, check_eps, check_inputs, check_labels, check_norm
+from .common import check_settings, attack_mode, check_count, check_eps, check_inputs, check_labels
 
 
 def autoattack(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, *, seed: int = 0,
@@ -42,8 +42,7 @@ class AutoAttack:
     norm: str = "Linf"
 
     def __post_init__(self):
-        check_norm(self.norm)
-        check_eps(self.eps)
+        check_settings(self.eps, self.norm)
         check_count(self.seed, "seed", minimum=0)
         check_count(self.batch_size, "batch_size")
 

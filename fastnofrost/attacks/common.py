@@ -173,6 +173,14 @@ def new_generator(seed: Optional[int]):
     return torch.Generator().manual_seed(seed)
 
 
+def check_settings(eps, norm: str = "Linf", precision: str = "fp32", loss_scale=None, seed=None) -> None:
+    """The checks every attack's settings share (radius, norm, precision, seed)."""
+    check_norm(norm)
+    check_eps(eps)
+    Precision(precision, loss_scale)
+    new_generator(seed)
+
+
 def per_sample(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A (N,) tensor viewed as (N, 1, 1, ...) to broadcast against ``like``."""
     return mask.view((-1,) + (1,) * (like.dim() - 1))

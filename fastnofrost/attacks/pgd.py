@@ -16,7 +16,7 @@ import torch
 
 from ..ops import pgd_random_start, pgd_step_
 from .common import (Precision, attack_mode, check_compile_step, check_count, check_eps, check_inputs,
-                     check_norm, check_positive, compiled, default_alpha, input_gradient, new_generator,
+                     check_positive, check_settings, compiled, default_alpha, input_gradient, new_generator,
                      per_sample)
 from .losses import Objective, check_loss
 
@@ -93,8 +93,7 @@ class PGD:
     norm: str = "Linf"
 
     def __post_init__(self):
-        check_norm(self.norm)
-        check_eps(self.eps)
+        check_settings(self.eps, self.norm, self.precision, self.loss_scale, self.seed)
         check_count(self.steps, "steps")
         if self.alpha is not None:
             check_positive(self.alpha, "alpha")
@@ -102,8 +101,6 @@ class PGD:
             check_positive(self.decay, "decay")
         check_loss(self.loss)
         check_compile_step(self.compile_step)
-        Precision(self.precision, self.loss_scale)
-        new_generator(self.seed)
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         kw = asdict(self)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import (Precision, attack_mode, check_count, check_eps, check_inputs, check_labels, check_norm,
+from .common import (check_settings, Precision, attack_mode, check_count, check_eps, check_inputs, check_labels,
                      per_sample)
 
 
@@ -92,10 +92,8 @@ class RayS:
     norm: str = "Linf"
 
     def __post_init__(self):
-        check_norm(self.norm)
-        check_eps(self.eps)
+        check_settings(self.eps, self.norm, self.precision)
         check_count(self.queries, "queries")
-        Precision(self.precision)
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return rays(model, x, y, self.eps, self.queries, precision=self.precision)

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from .common import (Precision, attack_mode, check_count, check_eps, check_inputs, check_labels, check_norm,
+from .common import (check_settings, Precision, attack_mode, check_count, check_eps, check_inputs, check_labels,
                      check_positive, new_generator, per_sample)
 
 # (fraction of a 10000-query budget after which, divisor of p_init) from the paper's code
@@ -99,12 +99,9 @@ class Square:
     norm: str = "Linf"
 
     def __post_init__(self):
-        check_norm(self.norm)
-        check_eps(self.eps)
+        check_settings(self.eps, self.norm, self.precision, seed=self.seed)
         check_count(self.queries, "queries")
         check_positive(self.p_init, "p_init")
-        Precision(self.precision)
-        new_generator(self.seed)
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return square(model, x, y, self.eps, self.queries, p_init=self.p_init, precision=self.precision,

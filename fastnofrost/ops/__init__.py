@@ -6,8 +6,6 @@ come from the compiled extension ``fastnofrost._C`` (kernels/cpu), its CUDA kern
 reference lives beside each op (:mod:`fastnofrost.ops.reference`) and is selected explicitly
 with ``backend="reference"``; there is no silent fallback.
 """
-import torch
-
 try:
     from fastnofrost import _C  # noqa: F401  (registers schemas and CPU kernels)
 except ImportError as exc:  # pragma: no cover - exercised by an install without a build
