@@ -376,11 +376,13 @@ def test_convert_timm_std_conv():
 @pytest.mark.parametrize("name", FAMILIES + ["nf_resnet26"])
 def test_channels_last_and_compile(name):
     """Every family under channels_last, eager and compiled (fullgraph: no graph break,
-    fake kernels and autograd traced), forward and backward."""
+    fake kernels and autograd traced), forward and backward. In float64: with a batch of 2 a
+    BN layer at 1x1 resolution amplifies float32 rounding until a ReLU flips, and the
+    gradients then differ for real (seen for about 1 seed in 100 in float32)."""
     torch._dynamo.reset()
-    model = tiny(name)
+    model = tiny(name).double()
     size = 64 if name == "nf_resnet26" else 32
-    x = torch.rand(2, 3, size, size)
+    x = torch.rand(2, 3, size, size, dtype=torch.float64)
     if name.endswith("dualbn_small"):
         set_bn_mode(model, "adv")
     expected = model(x)
@@ -400,7 +402,7 @@ def test_channels_last_and_compile(name):
         if g is None:
             assert p.grad is None
         else:
-            torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-4 * max(g.abs().max().item(), 1e-3))
+            torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-10 * max(g.abs().max().item(), 1e-3))
 
 
 def test_inductor_compile_nf_resnet():
