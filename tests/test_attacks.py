@@ -422,6 +422,59 @@ def test_cuda_precisions_and_cuda_graphs(precision, compile_step):
     assert abs(acc - acc_ref) <= 0.02, (acc, acc_ref)
 
 
+def test_trades_attack_equals_its_definition(digits):
+    """TRADES' inner maximization as written in its paper's code: KL from the eval-mode clean
+    prediction (reduction sum), Gaussian start of std 0.001, sign steps, eps-ball and box."""
+    model, x, y = digits
+    steps, alpha = 5, 0.02
+    ours = pgd(model, x, y, EPS, steps, alpha, loss="kl", random_start=0.001, generator=torch.Generator().manual_seed(4))
+    ref_model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        p_clean = F.softmax(ref_model(x), dim=1)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    x_adv = torch.min(torch.max(x + 0.001 * noise, x - EPS), x + EPS).clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = F.kl_div(F.log_softmax(ref_model(x_adv), dim=1), p_clean, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        with torch.no_grad():
+            x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), x - EPS), x + EPS).clamp(0, 1)
+    torch.testing.assert_close(ours, x_adv, atol=1e-6, rtol=0)
+    assert (ours - x).abs().amax() > 0.5 * EPS  # it moved
+
+
+@pytest.mark.parametrize("tau", [0, 2])
+def test_fat_early_stop_equals_per_sample_loop(digits, tau):
+    """FAT's early-stopped PGD against the paper code's per-sample bookkeeping: a sample
+    misclassified with budget 0 stops; one with budget left spends one unit and steps."""
+    model, x, y = digits
+    steps, alpha = 10, 0.02
+    ours = pgd(model, x, y, EPS, steps, alpha, random_start=False, early_stop=tau)
+    x_adv, budget, active = x.clone(), [tau] * len(y), list(range(len(y)))
+    for _ in range(steps):
+        if not active:
+            break
+        xa = x_adv[active].clone().requires_grad_(True)
+        out = model(xa)
+        (grad,) = torch.autograd.grad(F.cross_entropy(out, y[active], reduction="sum"), xa)
+        keep = []
+        for row, i in enumerate(active):
+            if out[row].argmax().item() != y[i].item():
+                if budget[i] == 0:
+                    continue  # stops here, unmoved
+                budget[i] -= 1
+            keep.append(row)
+        with torch.no_grad():
+            rows = torch.tensor(keep, dtype=torch.long)
+            idx = torch.tensor(active, dtype=torch.long)[rows]
+            moved = x_adv[idx] + alpha * grad[rows].sign()
+            x_adv[idx] = torch.min(torch.max(moved, x[idx] - EPS), x[idx] + EPS).clamp(0, 1)
+        active = idx.tolist()
+    torch.testing.assert_close(ours, x_adv, atol=1e-6, rtol=0)
+    plain = pgd(model, x, y, EPS, steps, alpha, random_start=False)
+    assert not torch.equal(ours, plain)  # early stopping changed something
+
+
 # ------------------------------------------------------------ losses against their formulas
 
 def test_losses_against_formulas():
@@ -444,6 +497,12 @@ def test_losses_against_formulas():
         for (name, targeted), value in expected.items():
             got = attack_loss(name, logits[i:i + 1], y[i:i + 1], t[i:i + 1] if targeted else None)
             assert got.item() == pytest.approx(value, rel=1e-9, abs=1e-9), (name, targeted)
+    ref = torch.randn(32, 10, dtype=torch.float64)
+    p = ref.softmax(1)
+    expected_kl = (p * (p.log() - logits.log_softmax(1))).sum(1)
+    torch.testing.assert_close(attack_loss("kl", logits, y, reference=ref), expected_kl, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="clean logits"):
+        attack_loss("kl", logits, y)
     capped = attack_loss("cw", torch.tensor([[0.0, 100.0]]), torch.tensor([0]), confidence=50.0)
     assert capped.item() == 50.0
 

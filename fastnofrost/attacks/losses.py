@@ -6,6 +6,7 @@
     cw, targeted   min(z_t - max_{j != t} z_j, confidence)
     dlr            -(z_y - max_{j != y} z_j) / (z_(1) - z_(3) + 1e-12)          Croce & Hein 2020
     dlr, targeted  -(z_y - z_t) / (z_(1) - (z_(3) + z_(4)) / 2 + 1e-12)
+    kl             KL(softmax(r) || softmax(z))                 TRADES, r: logits of the clean input
 
 z_(k) is the k-th largest logit. The CW confidence (50 in NoFrost's CW row) caps the margin the
 attack pursues; the DLR losses are invariant to shifts and scalings of the logits.
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from .common import check_labels
 
-LOSSES = ("ce", "cw", "dlr")
+LOSSES = ("ce", "cw", "dlr", "kl")
 DLR_EPS = 1e-12
 
 
@@ -30,9 +31,21 @@ def _picked(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, labels[:, None]).squeeze(1)
 
 
+def kl_divergence(reference: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL(softmax(reference) || softmax(logits)), in float32 at least."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    log_p = F.log_softmax(reference.to(dtype), dim=1)
+    return (log_p.exp() * (log_p - F.log_softmax(logits.to(dtype), dim=1))).sum(1)
+
+
 def attack_loss(name: str, logits: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor] = None,
-                confidence: float = 50.0) -> torch.Tensor:
-    """Per-sample objective ``name`` (see module doc); targeted when ``target`` is given."""
+                confidence: float = 50.0, reference: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-sample objective ``name`` (see module doc); targeted when ``target`` is given;
+    ``reference`` is the clean logits the 'kl' objective moves away from."""
+    if name == "kl":
+        if target is not None or reference is None:
+            raise ValueError("loss 'kl' is untargeted and needs the clean logits (reference=...)")
+        return kl_divergence(reference, logits)
     if name == "ce":
         if target is None:
             return F.cross_entropy(logits, y, reduction="none")
@@ -66,18 +79,19 @@ def random_targets(y: torch.Tensor, num_classes: int, generator=None) -> torch.T
 
 class Objective:
     """``attack_loss`` bound to the labels. ``target`` is None (untargeted), 'random' (one
-    other class per sample, drawn at the first call) or a tensor of target classes. The labels
-    are checked against the model's number of outputs at the first call, before any loss."""
+    other class per sample, drawn at the first call) or a tensor of target classes;
+    ``reference``: the clean logits of the 'kl' objective. The labels are checked against the
+    model's number of outputs at the first call, before any loss."""
 
     def __init__(self, loss: str, y: torch.Tensor, target: Union[None, str, torch.Tensor] = None,
-                 confidence: float = 50.0, generator=None):
+                 confidence: float = 50.0, generator=None, reference: Optional[torch.Tensor] = None):
         if isinstance(target, str) and target != "random":
             raise ValueError(f"target must be None, 'random' or a tensor of classes, got {target!r}")
         if isinstance(target, torch.Tensor) and (target.shape != y.shape or target.dtype != torch.int64):
             raise ValueError(f"target must be an int64 tensor shaped like y {tuple(y.shape)}, got "
                              f"{target.dtype} {tuple(target.shape)}")
         self.loss, self.y, self.target = check_loss(loss), y, target
-        self.confidence, self.generator = confidence, generator
+        self.confidence, self.generator, self.reference = confidence, generator, reference
         self.num_classes = None
 
     @property
@@ -100,7 +114,7 @@ class Objective:
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         if self.num_classes is None:
             self._bind(logits.shape[1])
-        return attack_loss(self.loss, logits, self.y, self.target, self.confidence)
+        return attack_loss(self.loss, logits, self.y, self.target, self.confidence, self.reference)
 
     def success(self, logits: torch.Tensor) -> torch.Tensor:
         """Per sample: the prediction is the target (targeted) or not the label (untargeted)."""

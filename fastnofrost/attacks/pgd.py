@@ -2,7 +2,9 @@
 
 One loop covers PGD (uniform random start), BIM (no random start), MIA / MI-FGSM (momentum
 over L1-normalized gradients, Dong et al. 2018), targeted PGD (random other class or given
-targets) and CW-loss PGD. Per step: one forward (under autocast if asked), one
+targets), CW-loss PGD, and the training attacks: TRADES' KL maximization (Zhang et al. 2019,
+Gaussian start of std 0.001) and FAT's early-stopped PGD (Zhang et al. 2020: a sample stops
+``tau`` steps after it is first misclassified). Per step: one forward (under autocast if asked), one
 ``torch.autograd.grad`` w.r.t. the fp32 perturbation only, and one fused in-place step
 ``clip(clip(x_adv + alpha * sign(g), x - eps, x + eps), 0, 1)``. The whole attack runs in
 :func:`~fastnofrost.attacks.common.attack_mode` (eval mode, frozen parameters, standardized
@@ -22,20 +24,25 @@ from .losses import Objective, check_loss
 
 
 def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, steps: int = 10,
-        alpha: Optional[float] = None, *, random_start: bool = True, loss: str = "ce",
+        alpha: Optional[float] = None, *, random_start: Union[bool, float] = True, loss: str = "ce",
         target: Union[None, str, torch.Tensor] = None, decay: Optional[float] = None, confidence: float = 50.0,
-        precision: str = "fp32", loss_scale: Optional[float] = None, compile_step=False, generator=None,
-        return_success: bool = False):
+        early_stop: Optional[int] = None, precision: str = "fp32", loss_scale: Optional[float] = None,
+        compile_step=False, generator=None, return_success: bool = False):
     """L-inf PGD in [0, 1] pixel space; returns ``x_adv`` (and per-sample success if asked).
 
     Args:
         eps, steps, alpha: radius, number of steps, step size (default
             ``min(1.25 * eps, eps + 4/255) / steps``, the reference recipe).
-        random_start: start at ``clip(x + U(-eps, eps), 0, 1)`` (fused op), else at x (BIM).
-        loss: 'ce' or 'cw' (CW margin capped at ``confidence``); see :mod:`.losses`.
+        random_start: True: start at ``clip(x + U(-eps, eps), 0, 1)`` (fused op); False: at x
+            (BIM); a float s: at ``clip(x + s * N(0, 1))`` to the eps-ball and [0, 1] (TRADES: 0.001).
+        loss: 'ce', 'cw' (CW margin capped at ``confidence``), 'dlr', or 'kl' (TRADES: KL from
+            the model's prediction on x, computed once in attack mode); see :mod:`.losses`.
         target: None (untargeted), 'random' (a random other class per sample) or a tensor of
             target classes; targeted attacks step to raise the target's score.
         decay: momentum decay for MIA (``g <- decay * g + grad / |grad|_1``, step on sign(g)).
+        early_stop: FAT's tau: a sample takes ``tau`` more steps after the first step at which it
+            is misclassified (judged on the logits of that step's forward), then stays put; the
+            loop ends when no sample moves.
         precision: 'fp32', 'bf16' or 'fp16' (autocast; fp16 with ``loss_scale``, default 1024).
         compile_step: torch.compile the model forward of a step (True, or a mode such as
             'reduce-overhead' for CUDA graphs); the compiled graph standardizes the frozen
@@ -47,6 +54,9 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, steps: in
     alpha = default_alpha(eps, steps) if alpha is None else check_positive(alpha, "alpha")
     if decay is not None:
         check_positive(decay, "decay")
+    if early_stop is not None:
+        check_count(early_stop, "early_stop (FAT's tau)", minimum=0)
+    check_start(random_start)
     check_compile_step(compile_step)
     check_inputs(x, y)
     prec = Precision(precision, loss_scale)
@@ -55,20 +65,51 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, steps: in
     with attack_mode(model, cache_weights=not compile_step):
         forward = compiled(model, compile_step)
         x = x.detach()
-        x_adv = pgd_random_start(x, eps, generator=generator) if random_start else x.clone()
+        if loss == "kl":
+            with torch.no_grad():
+                objective.reference = prec.logits(forward, x)
+        x_adv = _start(x, eps, random_start, generator)
         momentum = torch.zeros_like(x) if decay is not None else None
+        budget = torch.full_like(y, early_stop) if early_stop is not None else None
         for _ in range(steps):
-            _, _, grad = input_gradient(forward, x_adv, objective, prec)
+            _, logits, grad = input_gradient(forward, x_adv, objective, prec)
             with torch.no_grad():
                 if momentum is not None:
                     l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12)
                     grad = momentum.mul_(decay).add_(grad / per_sample(l1, grad))
+                if budget is not None:
+                    moving = _early_stop(budget, logits.argmax(1) != y)
+                    if not bool(moving.any()):
+                        break
+                    grad.mul_(per_sample(moving, grad))  # sign(0) = 0: a stopped sample stays
                 pgd_step_(x_adv, grad, x, alpha, eps)
         x_adv = x_adv.detach()
         if not return_success:
             return x_adv
         with torch.no_grad():
             return x_adv, objective.success(prec.logits(forward, x_adv))
+
+
+def check_start(random_start) -> None:
+    if not isinstance(random_start, bool) and not (isinstance(random_start, float) and random_start > 0):
+        raise ValueError(f"random_start must be True, False or a Gaussian std > 0 (float), got {random_start!r}")
+
+
+def _start(x, eps, random_start, generator):
+    if random_start is True:
+        return pgd_random_start(x, eps, generator=generator)
+    if random_start is False:
+        return x.clone()
+    device = generator.device if generator is not None else x.device
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+    return torch.minimum(torch.maximum(x + random_start * noise, x - eps), x + eps).clamp_(0, 1)
+
+
+def _early_stop(budget: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """FAT's per-sample stopping rule, one step: a misclassified sample spends one unit of its
+    budget; one whose budget is spent (-1 after the tau extra steps) stops. Returns who moves."""
+    budget.sub_((wrong & (budget >= 0)).long())
+    return budget >= 0
 
 
 @dataclass
