@@ -12,7 +12,7 @@ log = logging.getLogger("fastnofrost.data")
 
 class EpochLoader:
     """Base of the backends' loaders: ``len()`` is batches per epoch on this rank,
-    ``set_epoch(e)`` picks the epoch the next iteration reads, ``skipped`` counts the files
+    ``set_epoch(e, start_batch)`` picks the epoch (and first batch) the next iteration reads, ``skipped`` counts the files
     left out so far (pre-scan plus decode failures), ``bad`` maps each to the reason."""
 
     def __init__(self, sharding, *, num_classes, device="cpu", channels_last=False, bad=()):
@@ -21,13 +21,21 @@ class EpochLoader:
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.bad = dict(bad)  # path -> reason
-        self.epoch = 0
+        self.epoch, self.start_batch = 0, 0
 
     def __len__(self):
         return len(self.sharding)
 
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch, start_batch=0):
+        """Read ``epoch`` next, from its batch ``start_batch`` on (a resumed run continues
+        mid-epoch on exactly the samples, order and augmentation seeds it would have read)."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def epoch_indices(self):
+        """This rank's sample indices still to read in the current epoch."""
+        return self.sharding.indices(self.epoch)[self.start_batch * self.sharding.batch_size:]
 
     @property
     def skipped(self):

@@ -139,7 +139,7 @@ class DaliLoader(EpochLoader):
                                    last_batch_policy=LastBatchPolicy.PARTIAL)
 
     def __iter__(self):
-        order = [self.samples[i] for i in self.sharding.indices(self.epoch)]
+        order = [self.samples[i] for i in self.epoch_indices()]
         order = _replace_bad(order, self.bad, keep_length=self.sharding.train)
         restarts, outputs = 0, None
         while order:

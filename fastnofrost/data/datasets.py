@@ -91,7 +91,7 @@ class TensorLoader(EpochLoader):
         return torch.stack(views)
 
     def __iter__(self):
-        indices = torch.tensor(self.sharding.indices(self.epoch), dtype=torch.int64)
+        indices = torch.tensor(self.epoch_indices(), dtype=torch.int64)
         seeds = self.sharding.sample_seeds(self.epoch) if self.debiased else None
         for index in indices.split(self.sharding.batch_size):
             x = self._pixels(index)

@@ -65,10 +65,11 @@ class FolderLoader(EpochLoader):
 
     def __iter__(self):
         seeds = self.sharding.sample_seeds(self.epoch)
-        items = [(i, seeds[i]) for i in self.sharding.indices(self.epoch)]
+        items = [(i, seeds[i]) for i in self.epoch_indices()]
         loader = DataLoader(self.dataset, batch_size=self.sharding.batch_size, sampler=items,
                             num_workers=self.workers, collate_fn=collate,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator())  # leave torch's global RNG untouched (exact resume)
         for batch, skipped in loader:
             for path, reason in skipped:
                 if path not in self.bad:

@@ -21,5 +21,5 @@ class SyntheticLoader(EpochLoader):
         self.batch = self.finish(*images, labels)
 
     def __iter__(self):
-        for _ in range(len(self)):
+        for _ in range(len(self) - self.start_batch):
             yield self.batch

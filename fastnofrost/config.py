@@ -1,0 +1,270 @@
+"""The training run's configuration: one dataclass, validated before any work starts.
+
+Defaults reproduce the official NoFrost recipe (timm NF-ResNet-50, PGD eps 8/255 x 10 steps,
+lambda 0.5, SGD nesterov momentum 0.9, lr 0.1 x batch/256, wd 5e-5, cosine, label smoothing
+0.1, dropout 0.25, drop-path 0.1, 90 epochs). With no ``--data`` the run is the embedded
+demo (:data:`DEMO`): NoFrost on a small NF-ResNet on scikit-learn's digits, a few minutes on
+a 2-core CPU. Precedence: defaults < demo preset < ``--config`` YAML < command-line flags.
+
+Units: ``eps`` and ``alpha`` are in 1/255 pixel steps, as in the official scripts.
+"""
+import argparse
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field, fields
+from typing import List, Optional
+
+from .attacks.common import check_compile_step
+from .methods import METHODS
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("auto", "dali-gpu", "dali-cpu", "torch", "synthetic")
+OPTIMIZERS = ("sgd", "adamw")
+DATASETS = ("digits", "fashion-mnist")
+
+
+def _f(default, help, flag=None, **kw):
+    return field(default=default, metadata=dict(help=help, flag=flag, **kw))
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = _f("nf_resnet50", "model name (fastnofrost.models.list_models())")
+    width: float = _f(1.0, "channel width multiplier")
+    image_size: int = _f(224, "training and validation image size")
+    drop: float = _f(0.25, "dropout before the classifier")
+    drop_path: float = _f(0.1, "stochastic depth rate")
+    # method
+    method: str = _f("nofrost", "training objective: " + ", ".join(METHODS))
+    eps: float = _f(8.0, "PGD radius in 1/255 units")
+    steps: int = _f(10, "PGD steps of the training attack")
+    alpha: Optional[float] = _f(None, "PGD step in 1/255 units (default min(1.25 eps, eps + 4) / steps)")
+    lam: float = _f(0.5, "NoFrost / MBNAT weight of the adversarial loss", flag="--lambda")
+    beta: float = _f(6.0, "TRADES weight of the KL term")
+    tau: int = _f(0, "FAT / TRADES-FAT early-stop steps after misclassification")
+    mbnat_gamma: float = _f(0.5, "MBNAT: BN mixing gamma used for validation (0 clean branch, 1 adv branch)")
+    deepaugment_edsr: Optional[str] = _f(None, "NoFrost*: EDSR weights for DeepAugment")
+    deepaugment_cae: Optional[str] = _f(None, "NoFrost*: CAE weights for DeepAugment")
+    # optimization
+    epochs: int = _f(90, "training epochs")
+    batch_size: int = _f(256, "global batch size (all ranks, per optimizer step)")
+    lr: Optional[float] = _f(None, "peak learning rate (default 0.1 x batch_size / 256)")
+    momentum: float = _f(0.9, "SGD momentum")
+    nesterov: bool = _f(True, "SGD Nesterov momentum")
+    wd: float = _f(5e-5, "weight decay")
+    warmup_epochs: float = _f(0.0, "linear warm-up epochs before the cosine schedule")
+    smoothing: float = _f(0.1, "label smoothing")
+    optimizer: str = _f("sgd", "sgd (torch, fused on CUDA) or adamw (DeepSpeed FusedAdam on CUDA)")
+    grad_accum: int = _f(1, "gradient accumulation steps")
+    precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, or fp16 (dynamic loss scaling)")
+    zero_stage: int = _f(0, "DeepSpeed ZeRO stage 0, 1 or 2")
+    deepspeed_config: Optional[str] = _f(None, "a DeepSpeed JSON config to use instead of the generated one")
+    compile_attack: str = _f("none", "torch.compile the attack step: none, default, reduce-overhead (CUDA graphs)")
+    # data
+    data: Optional[str] = _f(None, "ImageNet-layout folder, or digits / fashion-mnist (none: the digits demo)")
+    data_backend: str = _f("auto", "auto (dali-gpu on CUDA, torch on CPU), dali-gpu, dali-cpu, torch, synthetic")
+    workers: int = _f(8, "data loader workers / DALI threads per rank")
+    channels_last: Optional[bool] = _f(None, "channels_last memory format (default: on CUDA)")
+    val_every: int = _f(1, "validate every N epochs (0: never)")
+    val_examples: int = _f(1000, "examples of the PGD validation (0: the whole validation set)")
+    val_steps: int = _f(10, "PGD steps of the validation attack")
+    # run
+    out: Optional[str] = _f(None, "output folder (default runs/<method>-<model>)")
+    resume: bool = _f(False, "continue from the latest checkpoint in --out")
+    keep_last: int = _f(2, "checkpoints kept (plus best clean and best robust weights)")
+    save_every: int = _f(0, "also checkpoint every N steps (0: at the end of each epoch only)")
+    seed: int = _f(0, "seed of the run (data order, augmentations, attacks, initialization)")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0: train all epochs)")
+    log_every: int = _f(10, "steps between log lines / JSONL records")
+    progress: bool = _f(True, "progress bar on rank 0")
+    tensorboard: bool = _f(True, "TensorBoard scalars under <out>/tb")
+    device: str = _f("auto", "auto (CUDA when available), cuda or cpu")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def eps_pixels(self) -> float:
+        return self.eps / 255
+
+    @property
+    def alpha_pixels(self) -> Optional[float]:
+        return None if self.alpha is None else self.alpha / 255
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else 0.1 * self.batch_size / 256
+
+    @property
+    def run_dir(self) -> str:
+        return self.out or os.path.join("runs", f"{self.method}-{self.model}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The embedded default run: with no --data, NoFrost on scikit-learn digits (real 8x8 images,
+# upsampled) with a small-input NF-ResNet-26, a few minutes on a 2-core CPU.
+DEMO = dict(data="digits", model="nf_resnet26_small", width=0.25, image_size=16, epochs=8, batch_size=64,
+            lr=0.2, warmup_epochs=1.0, drop=0.0, drop_path=0.0, wd=5e-4, val_examples=0, workers=0)
+
+
+class ConfigError(ValueError):
+    """A bad configuration field; the message says which and why."""
+
+
+def _problems(c: TrainConfig, world_size: int) -> List[str]:
+    from .models import list_models
+
+    bad = []
+
+    def need(ok, msg):
+        if not ok:
+            bad.append(msg)
+
+    need(c.model in list_models(), f"--model {c.model!r} is unknown; choose one of {', '.join(list_models())}")
+    need(c.method in METHODS, f"--method {c.method!r} is unknown; choose one of {', '.join(METHODS)}")
+    need(0 < c.width <= 8, f"--width must be in (0, 8], got {c.width}")
+    need(c.image_size >= 8, f"--image-size must be >= 8, got {c.image_size}")
+    need(0 <= c.drop < 1, f"--drop must be in [0, 1), got {c.drop}")
+    need(0 <= c.drop_path < 1, f"--drop-path must be in [0, 1), got {c.drop_path}")
+    need(0 < c.eps <= 255, f"--eps must be in (0, 255] (1/255 units), got {c.eps}")
+    need(1 <= c.steps <= 1000, f"--steps must be an integer in [1, 1000], got {c.steps}")
+    need(c.alpha is None or 0 < c.alpha <= 255, f"--alpha must be in (0, 255] (1/255 units), got {c.alpha}")
+    need(0 <= c.lam <= 1, f"--lambda must be in [0, 1], got {c.lam}")
+    need(0 <= c.beta < math.inf, f"--beta must be a finite number >= 0, got {c.beta}")
+    need(0 <= c.tau <= c.steps, f"--tau must be in [0, steps={c.steps}], got {c.tau}")
+    need(0 <= c.mbnat_gamma <= 1, f"--mbnat-gamma must be in [0, 1], got {c.mbnat_gamma}")
+    need(c.epochs >= 1, f"--epochs must be >= 1, got {c.epochs}")
+    need(c.grad_accum >= 1, f"--grad-accum must be >= 1, got {c.grad_accum}")
+    need(c.batch_size >= 1 and c.batch_size % (world_size * c.grad_accum) == 0,
+         f"--batch-size {c.batch_size} must be a positive multiple of world size x grad accumulation "
+         f"({world_size} x {c.grad_accum})")
+    need(c.lr is None or 0 < c.lr < math.inf, f"--lr must be a finite number > 0, got {c.lr}")
+    need(0 <= c.momentum < 1, f"--momentum must be in [0, 1), got {c.momentum}")
+    need(0 <= c.wd < 1, f"--wd must be in [0, 1), got {c.wd}")
+    need(0 <= c.warmup_epochs < c.epochs, f"--warmup-epochs must be in [0, epochs), got {c.warmup_epochs}")
+    need(0 <= c.smoothing < 1, f"--smoothing must be in [0, 1), got {c.smoothing}")
+    need(c.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
+    need(c.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
+    need(c.zero_stage in (0, 1, 2), f"--zero-stage must be 0, 1 or 2, got {c.zero_stage}")
+    need(c.deepspeed_config is None or os.path.isfile(c.deepspeed_config),
+         f"--deepspeed-config {c.deepspeed_config} does not exist")
+    need(c.compile_attack == "none" or _compiles(c.compile_attack),
+         f"--compile-attack must be none, default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs, "
+         f"got {c.compile_attack!r}")
+    need(c.data_backend in BACKENDS, f"--data-backend must be one of {', '.join(BACKENDS)}, got {c.data_backend!r}")
+    need(c.data is None or c.data in DATASETS or os.path.isdir(c.data) or c.data_backend == "synthetic",
+         f"--data {c.data} is neither a folder nor one of {', '.join(DATASETS)}")
+    need(c.data not in DATASETS or c.data_backend in ("auto", "torch"),
+         f"--data {c.data} is an in-memory data set: use --data-backend torch")
+    need(c.workers >= 0, f"--workers must be >= 0, got {c.workers}")
+    need(c.val_every >= 0 and c.val_examples >= 0 and c.val_steps >= 1,
+         "--val-every and --val-examples must be >= 0 and --val-steps >= 1")
+    need(c.keep_last >= 1, f"--keep-last must be >= 1, got {c.keep_last}")
+    need(c.save_every >= 0 and c.max_steps >= 0 and c.log_every >= 1,
+         "--save-every and --max-steps must be >= 0 and --log-every >= 1")
+    need(c.device in ("auto", "cuda", "cpu"), f"--device must be auto, cuda or cpu, got {c.device!r}")
+    for path_field in ("deepaugment_edsr", "deepaugment_cae"):
+        path = getattr(c, path_field)
+        need(path is None or os.path.isfile(path), f"--{path_field.replace('_', '-')} {path} does not exist")
+    need(c.method == "nofrost_star" or (c.deepaugment_edsr is None and c.deepaugment_cae is None),
+         "--deepaugment-edsr / --deepaugment-cae only apply to --method nofrost_star")
+    if c.method == "mbnat" and c.model in list_models():
+        need("dualbn" in c.model, f"--method mbnat needs a dual-BN model (for example resnet50_dualbn), got {c.model}")
+    return bad
+
+
+def _compiles(mode: str) -> bool:
+    try:
+        check_compile_step(mode)
+        return True
+    except ValueError:
+        return False
+
+
+def validate(c: TrainConfig, world_size: int = 1) -> TrainConfig:
+    """Raise :class:`ConfigError` listing every bad field, one sentence each."""
+    bad = _problems(c, world_size)
+    if bad:
+        raise ConfigError("bad configuration:\n  " + "\n  ".join(bad))
+    return c
+
+
+# ---------------------------------------------------------------------- command line / YAML
+
+def _flag(f) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _type_of(f):
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if "bool" in kind:
+        return _parse_bool
+    if "float" in kind:
+        return float
+    if "int" in kind:
+        return int
+    return str
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastnofrost/train.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML file of fields (flag names with - or _)")
+    for f in fields(TrainConfig):
+        p.add_argument(_flag(f), dest=f.name, type=_type_of(f), default=argparse.SUPPRESS,
+                       metavar=f.name.upper(), help=f"{f.metadata['help']} (default {f.default!r})")
+    # DeepSpeed's launcher passes --local_rank / --local-rank; it is read from the environment.
+    p.add_argument("--local_rank", "--local-rank", dest="_local_rank", type=int, help=argparse.SUPPRESS)
+    return p
+
+
+def _from_yaml(path: str) -> dict:
+    import yaml
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config {path} does not exist")
+    with open(path) as fh:
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path} must hold a mapping of field: value")
+    by_name = {f.name: f for f in fields(TrainConfig)}
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        name = "lam" if name == "lambda" else name
+        if name not in by_name:
+            raise ConfigError(f"--config {path}: unknown field {key!r}")
+        try:
+            out[name] = None if value is None else _type_of(by_name[name])(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            raise ConfigError(f"--config {path}: field {key!r} has a bad value {value!r}") from None
+    return out
+
+
+def load_config(argv=None, world_size: int = 1) -> TrainConfig:
+    """Parse flags (and ``--config``), apply the demo preset when there is no data, validate."""
+    args = vars(parser().parse_args(argv))
+    args.pop("_local_rank", None)
+    yaml_path = args.pop("config", None)
+    given = {**(_from_yaml(yaml_path) if yaml_path else {}), **args}
+    values = {} if given.get("data") is not None else dict(DEMO)
+    values.update(given)
+    try:
+        config = TrainConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"bad configuration: {exc}") from None
+    return validate(config, world_size)

@@ -1,0 +1,99 @@
+"""What every training objective shares: the attack settings, the one attack loop, the
+forward of several views (one pass for normalizer-free models), the label-smoothed loss.
+
+A method is called once per training step::
+
+    out = method(forward, module, x, y, x_aug)   # -> StepOutput
+    engine.backward(out.loss)
+
+``forward`` runs the model for training (the DeepSpeed engine: train mode, its autocast);
+``module`` is the bare model the attack runs on (:func:`fastnofrost.attacks.pgd`: eval mode,
+frozen weights, input gradients only, under the attack ``precision``).
+
+Views and batch statistics (DESIGN.md, principle 3): a model without BatchNorm treats every
+sample on its own, so the clean, augmented and adversarial views of a batch go through ONE
+forward and ONE backward (``torch.cat``); a model with BatchNorm gets one forward per view, so
+BN never normalizes clean and adversarial samples together.
+"""
+from dataclasses import dataclass
+from typing import Dict, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..attacks import pgd
+from ..nn.dual_bn import DualBatchNorm2d
+
+
+class StepOutput(NamedTuple):
+    """``loss``: the scalar to backpropagate; ``parts``: its named terms (detached, for the
+    log); ``correct``: per view ('clean', 'adv', ...), how many training samples the model got
+    right (detached counts)."""
+    loss: torch.Tensor
+    parts: Dict[str, torch.Tensor]
+    correct: Dict[str, torch.Tensor]
+
+
+@dataclass
+class AttackSettings:
+    """The training attack: L-inf PGD in [0, 1] pixels (radius and step in pixel units here)."""
+    eps: float = 8 / 255
+    steps: int = 10
+    alpha: Optional[float] = None       # None: min(1.25 eps, eps + 4/255) / steps
+    precision: str = "fp32"             # the attack's autocast: fp32 / bf16 / fp16
+    compile_step: object = False
+
+
+def couples_samples(model: nn.Module) -> bool:
+    """True when a layer normalizes over the batch (BatchNorm, SyncBatchNorm, dual BN)."""
+    return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, DualBatchNorm2d)) for m in model.modules())
+
+
+class Method:
+    """Base of the objectives. Subclasses set ``name`` and implement :meth:`loss`."""
+    name = "?"
+    needs_views = False       # NoFrost*: the loader must yield (x, x_aug, y)
+    needs_dual_bn = False     # MBNAT
+
+    def __init__(self, attack: AttackSettings = AttackSettings(), smoothing: float = 0.0, **settings):
+        self.attack_settings = attack
+        self.smoothing = smoothing
+        for key, value in settings.items():
+            setattr(self, key, value)
+
+    def check_model(self, model: nn.Module) -> None:
+        if self.needs_dual_bn and not any(isinstance(m, DualBatchNorm2d) for m in model.modules()):
+            raise ValueError(f"method {self.name!r} needs a dual-BN model (a *_dualbn model)")
+
+    def attack(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor, **kw) -> torch.Tensor:
+        """x* by the one PGD loop with this run's settings (``kw`` adds TRADES / FAT options)."""
+        a = self.attack_settings
+        return pgd(module, x, y, a.eps, a.steps, a.alpha, precision=a.precision, compile_step=a.compile_step, **kw)
+
+    def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.smoothing)
+
+    @staticmethod
+    def views(forward, module: nn.Module, *xs: torch.Tensor):
+        """Logits of each view: one forward of the concatenation when the model has no
+        BatchNorm, else one forward per view."""
+        if len(xs) > 1 and not couples_samples(module):
+            return forward(torch.cat(xs)).split([len(x) for x in xs])
+        return tuple(forward(x) for x in xs)
+
+    def __call__(self, forward, module, x, y, x_aug=None) -> StepOutput:
+        if self.needs_views and x_aug is None:
+            raise ValueError(f"method {self.name!r} needs the augmented view x_aug of each batch")
+        return self.loss(forward, module, x, y, x_aug)
+
+    def loss(self, forward, module, x, y, x_aug) -> StepOutput:
+        raise NotImplementedError
+
+
+def correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (logits.detach().argmax(1) == y).sum()
+
+
+def detached(**parts) -> Dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in parts.items()}

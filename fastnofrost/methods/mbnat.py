@@ -1,0 +1,21 @@
+"""MBNAT (mixture-BN adversarial training, Xie & Yuille 2020): a dual-BN model; the attack and
+the adversarial batch use the adversarial BN branch, the clean batch the clean branch;
+(1 - lambda) L(x) + lambda L(x*). Evaluate at ``set_bn_mode(model, 'mix', gamma)``."""
+from ..nn import set_bn_mode
+from .base import Method, StepOutput, correct, detached
+
+
+class MBNAT(Method):
+    name = "mbnat"
+    needs_dual_bn = True
+    lam = 0.5
+
+    def loss(self, forward, module, x, y, x_aug):
+        set_bn_mode(module, "adv")
+        x_adv = self.attack(module, x, y)
+        adv = forward(x_adv)
+        set_bn_mode(module, "clean")
+        clean = forward(x)
+        l_clean, l_adv = self.ce(clean, y), self.ce(adv, y)
+        loss = (1 - self.lam) * l_clean + self.lam * l_adv
+        return StepOutput(loss, detached(clean=l_clean, adv=l_adv), {"clean": correct(clean, y), "adv": correct(adv, y)})

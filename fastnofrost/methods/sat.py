@@ -1,0 +1,12 @@
+"""SAT: PGD adversarial training (Madry et al. 2018), CE on the adversarial batch only."""
+from .base import Method, StepOutput, correct, detached
+
+
+class SAT(Method):
+    name = "sat"
+
+    def loss(self, forward, module, x, y, x_aug):
+        x_adv = self.attack(module, x, y)
+        logits = forward(x_adv)
+        loss = self.ce(logits, y)
+        return StepOutput(loss, detached(adv=loss), {"adv": correct(logits, y)})

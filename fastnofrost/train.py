@@ -1,0 +1,336 @@
+"""Adversarial training of NF-ResNets (and BN / IN / dual-BN baselines) under DeepSpeed.
+
+    deepspeed [--num_gpus N | --hostfile H] fastnofrost/train.py --data /imagenet --method nofrost
+    python fastnofrost/train.py                      # the embedded demo: NoFrost on digits, CPU minutes
+    python -m fastnofrost.train --help               # every flag, with its default
+
+One step: the method's attack (the fused PGD loop, frozen weights, input gradients only), the
+method's loss on the views (one forward for normalizer-free models), ``engine.backward``,
+``engine.step``. Around it: the recipe's SGD + cosine schedule, DeepSpeed's data parallelism,
+ZeRO and autocast (``torch_autocast``: bf16, or fp16 with dynamic loss scaling), atomic
+checkpoints with exact resume, validation (clean + PGD), logs, plots and a summary.
+"""
+import json
+import logging
+import os
+import sys
+import time
+from itertools import islice
+
+if __name__ == "__main__" and __package__ in (None, ""):
+    # run as a script: import the installed package, not this folder's modules as top-level ones
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import torch
+
+from fastnofrost.config import ConfigError, TrainConfig, load_config
+from fastnofrost.data import build_loader
+from fastnofrost.methods import AttackSettings, build_method
+from fastnofrost.models import create_model
+from fastnofrost.training import distributed
+from fastnofrost.training.checkpoint import Checkpoints, save_weights
+from fastnofrost.training.logger import RunLog, plot, summary_table
+from fastnofrost.training.schedule import cosine_with_warmup
+from fastnofrost.training.validate import validate
+
+log = logging.getLogger("fastnofrost.train")
+MAX_SKIPPED_FP16 = 20  # consecutive non-finite fp16 losses before giving up
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (for example a non-finite loss); the message says where and why."""
+
+
+def resolve(cfg: TrainConfig, device: torch.device):
+    """(precision, data backend, channels_last) with 'auto' resolved for the device."""
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    backend = cfg.data_backend
+    if backend == "auto":
+        backend = "dali-gpu" if device.type == "cuda" and cfg.data not in ("digits", "fashion-mnist") else "torch"
+    if backend == "dali-gpu" and device.type != "cuda":
+        raise ConfigError("--data-backend dali-gpu needs a CUDA device; use dali-cpu or torch on CPU")
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    return precision, backend, channels_last
+
+
+def deepspeed_config(cfg: TrainConfig, world: int, precision: str) -> dict:
+    """The DeepSpeed config the flags describe, or ``--deepspeed-config`` checked against them."""
+    micro = cfg.batch_size // (world * cfg.grad_accum)
+    if cfg.deepspeed_config:
+        with open(cfg.deepspeed_config) as fh:
+            ds = json.load(fh)
+        for section in ("bf16", "fp16"):
+            if ds.get(section, {}).get("enabled"):
+                raise ConfigError(f"--deepspeed-config: the '{section}' section casts the model itself; fastnofrost "
+                                  "keeps fp32 weights and pixels and runs the model under autocast: use "
+                                  '"torch_autocast": {"enabled": true, "dtype": "bfloat16"} (or float16) instead')
+        ds.setdefault("train_batch_size", cfg.batch_size)
+        ds.setdefault("train_micro_batch_size_per_gpu", micro)
+        ds.setdefault("gradient_accumulation_steps", cfg.grad_accum)
+        if (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) != (
+                cfg.batch_size, micro, cfg.grad_accum):
+            raise ConfigError("--deepspeed-config: train_batch_size / train_micro_batch_size_per_gpu / "
+                              "gradient_accumulation_steps disagree with --batch-size and --grad-accum")
+        ds.setdefault("zero_allow_untested_optimizer", True)
+        return ds
+    ds = {"train_batch_size": cfg.batch_size, "train_micro_batch_size_per_gpu": micro,
+          "gradient_accumulation_steps": cfg.grad_accum, "zero_optimization": {"stage": cfg.zero_stage},
+          "zero_allow_untested_optimizer": True, "gradient_clipping": 0.0, "steps_per_print": 2**62,
+          "wall_clock_breakdown": False}
+    if precision != "fp32":
+        ds["torch_autocast"] = {"enabled": True, "dtype": {"bf16": "bfloat16", "fp16": "float16"}[precision]}
+    return ds
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.device):
+    """SGD (nesterov) or AdamW from torch, fused kernels on CUDA; no weight decay on biases and
+    other 1-d parameters (timm's recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.wd}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               **fused)
+    return torch.optim.AdamW(groups, lr=cfg.peak_lr, **fused)
+
+
+def _deepaugment(cfg, device):
+    if cfg.deepaugment_edsr is None and cfg.deepaugment_cae is None:
+        return None
+    from fastnofrost.data.deepaugment import DeepAugment
+
+    return DeepAugment.from_files(cfg.deepaugment_edsr, cfg.deepaugment_cae, device=device, seed=cfg.seed)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        import deepspeed
+
+        self.cfg, self.device = cfg, device
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.precision, backend, channels_last = resolve(cfg, device)
+        if not cfg.resume and os.path.exists(os.path.join(cfg.run_dir, "checkpoints")):
+            raise ConfigError(f"{cfg.run_dir} already holds a run: pass --resume to continue it, or a new --out")
+        distributed.barrier()  # every rank checked before rank 0 creates the folder
+        self.log = RunLog(cfg.run_dir, self.rank == 0, cfg.tensorboard, cfg.progress)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+
+        micro = cfg.batch_size // (self.world * cfg.grad_accum)
+        self.method = build_method(
+            cfg.method, AttackSettings(cfg.eps_pixels, cfg.steps, cfg.alpha_pixels, self.precision,
+                                       False if cfg.compile_attack == "none" else cfg.compile_attack),
+            cfg.smoothing, lam=cfg.lam, beta=cfg.beta, tau=cfg.tau, deepaugment=_deepaugment(cfg, device))
+        common = dict(backend=backend, image_size=cfg.image_size, rank=self.rank, world_size=self.world,
+                      seed=cfg.seed, channels_last=channels_last, device=device, workers=cfg.workers)
+        self.train_loader = build_loader(cfg.data, batch_size=micro, train=True,
+                                         nofrost_star=self.method.needs_views, **common)
+        self.val_loader = build_loader(cfg.data, batch_size=micro, train=False, **common) if cfg.val_every else None
+        self.steps_per_epoch = len(self.train_loader) // cfg.grad_accum
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"an epoch has {len(self.train_loader)} micro-batches per rank, fewer than "
+                              f"--grad-accum {cfg.grad_accum}: no optimizer step")
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+
+        model = create_model(cfg.model, num_classes=self.train_loader.num_classes, width=cfg.width,
+                             drop_rate=cfg.drop, drop_path_rate=cfg.drop_path)
+        self.method.check_model(model)
+        model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        torch.manual_seed(cfg.seed * 1000 + 1 + self.rank)  # dropout, drop-path, attacks: per rank
+        optimizer = build_optimizer(cfg, model, device)
+        warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.epochs * self.steps_per_epoch,
+                                                                                     warmup))
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler,
+            config=deepspeed_config(cfg, self.world, self.precision))
+        self.checkpoints = Checkpoints(os.path.join(cfg.run_dir, "checkpoints"), cfg.keep_last)
+        self.state = {"epoch": 0, "batch": 0, "best_clean": -1.0, "best_robust": -1.0, "val": []}
+        self.skipped_fp16 = 0
+        self.started = time.time()
+        self.images = 0
+
+    # ------------------------------------------------------------------ run
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if cfg.resume:
+            self.state.update(self.checkpoints.load(self.engine))
+            self.log.info(f"resumed from step {self.engine.global_steps} (epoch {self.state['epoch'] + 1}, "
+                          f"batch {self.state['batch']})")
+        elif self.rank == 0:
+            with open(os.path.join(cfg.run_dir, "config.json"), "w") as fh:
+                json.dump({**cfg.to_dict(), "precision_resolved": self.precision, "world_size": self.world}, fh,
+                          indent=1)
+        self.log.info(f"{cfg.method} on {cfg.model} ({self._n_params() / 1e6:.2f}M parameters), {self.world} rank(s) "
+                      f"on {self.device.type}, {self.precision}, {self.steps_per_epoch} steps/epoch, "
+                      f"batch {cfg.batch_size}, lr {cfg.peak_lr:g}, eps {cfg.eps:g}/255 x {cfg.steps} steps")
+        while self.state["epoch"] < cfg.epochs and self.engine.global_steps < self.total_steps:
+            self._epoch(self.state["epoch"])
+        return self._finish()
+
+    def _epoch(self, epoch: int) -> None:
+        cfg, engine = self.cfg, self.engine
+        start = self.state["batch"]
+        n_micro = self.steps_per_epoch * cfg.grad_accum
+        self.train_loader.set_epoch(epoch, start)
+        self.engine.train()
+        self.log.start_epoch(epoch, cfg.epochs, self.steps_per_epoch, start // cfg.grad_accum)
+        interval = _Interval(self.device)
+        for index, batch in enumerate(islice(self.train_loader, n_micro - start), start=start):
+            *views, y = batch
+            boundary = engine.is_gradient_accumulation_boundary()
+            out = self.method(engine, engine.module, views[0], y, views[1] if len(views) > 1 else None)
+            if not self._finite(out):
+                continue
+            engine.backward(out.loss)
+            engine.step()
+            interval.add(out, len(y))
+            self.images += len(y) * self.world
+            if not boundary:
+                continue
+            step = engine.global_steps
+            self.state["batch"] = index + 1
+            postfix = None
+            if step % cfg.log_every == 0 or self.state["batch"] == n_micro:
+                postfix = self._log_train(interval, step, epoch)
+                interval = _Interval(self.device)
+            self.log.advance(postfix)
+            if step >= self.total_steps:
+                break
+            if cfg.save_every and step % cfg.save_every == 0 and self.state["batch"] < n_micro:
+                self._save()
+        self.log.end_epoch()
+        self.train_loader.report()
+        finished_epoch = self.state["batch"] >= n_micro
+        if finished_epoch:
+            self.state["epoch"], self.state["batch"] = epoch + 1, 0
+        last = self.state["epoch"] >= cfg.epochs or engine.global_steps >= self.total_steps
+        if self.val_loader is not None and (last or (finished_epoch and (epoch + 1) % cfg.val_every == 0)):
+            self._validate(epoch)
+        self._save()
+
+    def _finite(self, out) -> bool:
+        """All ranks agree on whether the loss is finite; fp16 skips such a batch (the loss
+        scaler handles overflowing gradients), other precisions stop with the loss parts named."""
+        finite = torch.isfinite(out.loss.detach()).to(torch.float64)
+        if self.world > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if bool(finite.item()):
+            self.skipped_fp16 = 0
+            return True
+        parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.parts.items())
+        where = f"step {self.engine.global_steps + 1} (epoch {self.state['epoch'] + 1}): loss {out.loss.item():.4g} ({parts})"
+        if self.precision == "fp16" and self.skipped_fp16 < MAX_SKIPPED_FP16:
+            self.skipped_fp16 += 1
+            self.log.info(f"warning: non-finite loss at {where}; batch skipped (fp16)")
+            return False
+        raise TrainingError(f"non-finite loss at {where} on some rank; stopping without writing a checkpoint. "
+                            "Lower --lr, check the data, or try --precision fp32")
+
+    def _log_train(self, interval, step, epoch) -> dict:
+        values = interval.reduce()
+        values.update(lr=self.scheduler.get_last_lr()[0])
+        self.log.record("train", step=step, epoch=epoch, **values)
+        return {k: v for k, v in values.items() if k in ("loss", "img_s") or k.startswith("acc_")}
+
+    def _validate(self, epoch: int) -> None:
+        cfg = self.cfg
+        t0 = time.time()
+        result = validate(self.engine.module, self.val_loader, eps=cfg.eps_pixels, steps=cfg.val_steps,
+                          examples=cfg.val_examples, precision=self.precision, device=self.device,
+                          mbnat_gamma=cfg.mbnat_gamma if cfg.method == "mbnat" else None)
+        result.update(epoch=epoch, step=self.engine.global_steps, seconds=time.time() - t0)
+        self.state["val"].append(result)
+        self.log.record("val", **result)
+        self.log.info(f"epoch {epoch + 1}: validation clean {result['clean']:.2f}% ({result['n_clean']}), "
+                      f"PGD-{cfg.val_steps} {result['robust']:.2f}% ({result['n_robust']})")
+        for key in ("clean", "robust"):
+            if result[key] > self.state[f"best_{key}"]:
+                self.state[f"best_{key}"] = result[key]
+                if self.rank == 0:
+                    save_weights(self.engine.module, os.path.join(cfg.run_dir, f"best_{key}.safetensors"))
+        if self.rank == 0:
+            plot(cfg.run_dir)
+
+    def _save(self) -> None:
+        self.checkpoints.save(self.engine, f"step{self.engine.global_steps}", dict(self.state))
+
+    def _finish(self) -> dict:
+        cfg = self.cfg
+        if self.rank == 0:
+            save_weights(self.engine.module, os.path.join(cfg.run_dir, "final.safetensors"))
+        seconds = time.time() - self.started
+        last = self.state["val"][-1] if self.state["val"] else {}
+        summary = {"method": cfg.method, "model": cfg.model, "data": cfg.data, "steps": self.engine.global_steps,
+                   "epochs": self.state["epoch"], "wall_s": seconds, "img_s": self.images / max(seconds, 1e-9),
+                   "clean": last.get("clean"), "robust": last.get("robust"),
+                   "best_clean": self.state["best_clean"], "best_robust": self.state["best_robust"],
+                   "world_size": self.world, "ranks_in_sync": distributed.in_sync(self.engine.module),
+                   "run_dir": cfg.run_dir}
+        pct = lambda v: "-" if v is None or v < 0 else f"{v:.2f}%"  # noqa: E731
+        self.log.info(summary_table([
+            ("method / model", f"{cfg.method} / {cfg.model}"), ("data", str(cfg.data)),
+            ("steps (epochs)", f"{summary['steps']} ({summary['epochs']})"),
+            ("wall time", f"{seconds:.1f} s"), ("throughput", f"{summary['img_s']:.1f} img/s (this run, all ranks)"),
+            ("final clean", pct(summary["clean"])), (f"final PGD-{cfg.val_steps}", pct(summary["robust"])),
+            ("best clean / PGD", f"{pct(summary['best_clean'])} / {pct(summary['best_robust'])}"),
+            ("ranks in sync", f"{summary['ranks_in_sync']} ({self.world} rank(s))"),
+            ("outputs", cfg.run_dir)]))
+        if self.rank == 0:
+            with open(os.path.join(cfg.run_dir, "summary.json"), "w") as fh:
+                json.dump(summary, fh, indent=1)
+        self.log.close()
+        return summary
+
+    def _n_params(self) -> int:
+        return sum(p.numel() for p in self.engine.module.parameters())
+
+
+class _Interval:
+    """Loss parts and correct counts summed on the device between two log lines (no sync per step)."""
+
+    def __init__(self, device):
+        self.device, self.sums, self.images, self.t0 = device, {}, 0, time.time()
+
+    def add(self, out, n: int) -> None:
+        self.images += n
+        items = {"loss": out.loss.detach() * n, **{f"loss_{k}": v * n for k, v in out.parts.items()},
+                 **{f"acc_{k}": v for k, v in out.correct.items()}}
+        for key, value in items.items():
+            self.sums[key] = self.sums.get(key, 0) + value.float()
+
+    def reduce(self) -> dict:
+        keys = sorted(self.sums)
+        totals = distributed.all_sum([float(self.sums[k]) for k in keys] + [self.images], self.device)
+        images = max(totals[-1], 1)
+        values = {k: (100.0 if k.startswith("acc_") else 1.0) * v / images for k, v in zip(keys, totals)}
+        values["img_s"] = totals[-1] / max(time.time() - self.t0, 1e-9)
+        return values
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("DeepSpeed", "deepspeed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg = load_config(argv, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        device = distributed.pick_device(cfg.device)
+    except (ConfigError, RuntimeError) as exc:
+        print(f"fastnofrost/train.py: {exc}", file=sys.stderr)
+        return 2
+    distributed.init(device.type)
+    try:
+        Trainer(cfg, device).fit()
+    except (ConfigError, TrainingError, FileNotFoundError) as exc:
+        print(f"fastnofrost/train.py: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

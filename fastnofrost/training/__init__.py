@@ -1,0 +1,1 @@
+"""The training run's parts; ``fastnofrost/train.py`` puts them together."""

@@ -1,0 +1,80 @@
+"""Process group set-up: DeepSpeed's launcher (``deepspeed [--num_gpus N | --hostfile H] ...``)
+sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; a plain ``python`` run gets
+them here (one process). NCCL on CUDA, gloo on CPU."""
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init(device_type: str) -> None:
+    if dist.is_available() and dist.is_initialized():
+        return
+    if "RANK" not in os.environ:  # plain python: a world of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        torch.cuda.set_device(local_rank())
+        return torch.device("cuda", local_rank())
+    return torch.device("cpu")
+
+
+def all_sum(values, device) -> list:
+    """Sum a list of numbers over ranks (float64)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Barrier + destroy: avoids a rare abort at exit (DESIGN.md, testing on CPU)."""
+    if dist.is_initialized():
+        barrier()
+        dist.destroy_process_group()
+
+
+def in_sync(module: torch.nn.Module) -> bool:
+    """Whether every rank holds the same parameters (a float64 position-weighted checksum, equal
+    on all ranks up to nothing: max - min over ranks must be exactly 0)."""
+    flat = torch.cat([p.detach().reshape(-1).double() for p in module.parameters()])
+    weights = torch.arange(flat.numel(), device=flat.device, dtype=torch.float64).remainder_(7).add_(1)
+    value = (flat * weights).sum().reshape(1)
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return True
+    hi, lo = value.clone(), value.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return bool((hi - lo).item() == 0)

@@ -1,0 +1,40 @@
+"""Periodic validation, as the official script does it: clean accuracy on the whole validation
+set, PGD accuracy (the training radius, ``val_steps`` steps) on its first ``val_examples``."""
+import math
+
+import torch
+
+from ..attacks import pgd
+from ..nn import set_bn_mode
+from . import distributed
+
+
+def validate(module, loader, *, eps, steps, examples, precision, device, mbnat_gamma=None) -> dict:
+    """{'clean': %, 'robust': %, 'n_clean': n, 'n_robust': n} over every rank."""
+    was_training = module.training
+    module.eval()
+    if mbnat_gamma is not None:
+        set_bn_mode(module, "mix", mbnat_gamma)
+    limit = math.ceil(examples / distributed.world_size()) if examples else math.inf
+    clean = robust = n_clean = n_robust = 0
+    loader.set_epoch(0)
+    autocast = torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision),
+                              enabled=precision != "fp32")
+    try:
+        for x, y in loader:
+            with torch.no_grad(), autocast:
+                clean += int((module(x).argmax(1) == y).sum())
+            n_clean += len(y)
+            take = int(min(len(y), limit - n_robust))
+            if take > 0:
+                x_adv = pgd(module, x[:take], y[:take], eps, steps, precision=precision)
+                with torch.no_grad(), autocast:
+                    robust += int((module(x_adv).argmax(1) == y[:take]).sum())
+                n_robust += take
+    finally:
+        if mbnat_gamma is not None:
+            set_bn_mode(module, "clean")
+        module.train(was_training)
+    clean, n_clean, robust, n_robust = distributed.all_sum([clean, n_clean, robust, n_robust], device)
+    return {"clean": 100 * clean / max(n_clean, 1), "robust": 100 * robust / max(n_robust, 1),
+            "n_clean": int(n_clean), "n_robust": int(n_robust)}
