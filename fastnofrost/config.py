@@ -106,7 +106,7 @@ class TrainConfig:
 # The embedded default run: with no --data, NoFrost on scikit-learn digits (real 8x8 images,
 # upsampled) with a small-input NF-ResNet-26, a few minutes on a 2-core CPU.
 DEMO = dict(data="digits", model="nf_resnet26_small", width=0.25, image_size=16, epochs=8, batch_size=64,
-            lr=0.2, warmup_epochs=1.0, drop=0.0, drop_path=0.0, wd=5e-4, val_examples=0, workers=0)
+            lr=0.05, warmup_epochs=1.0, drop=0.0, drop_path=0.0, wd=5e-4, val_examples=0, workers=0)
 
 
 class ConfigError(ValueError):
@@ -207,7 +207,7 @@ def _parse_bool(text: str) -> bool:
 
 
 def _type_of(f):
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    kind = f.type.__name__ if isinstance(f.type, type) else str(f.type)
     if "bool" in kind:
         return _parse_bool
     if "float" in kind:

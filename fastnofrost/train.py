@@ -157,7 +157,8 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         if cfg.resume:
-            self.state.update(self.checkpoints.load(self.engine))
+            saved = self.checkpoints.load(self.engine)
+            self.state.update({key: saved[key] for key in self.state})  # not DeepSpeed's own keys
             self.log.info(f"resumed from step {self.engine.global_steps} (epoch {self.state['epoch'] + 1}, "
                           f"batch {self.state['batch']})")
         elif self.rank == 0:

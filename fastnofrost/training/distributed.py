@@ -23,6 +23,10 @@ def init(device_type: str) -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
+    local = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
+    if device_type == "cpu" and local > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # ranks sharing a machine share its cores: OpenMP spinning on every core per rank is 10x slower
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
 
 def rank() -> int:

@@ -21,7 +21,11 @@ class RunLog:
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
-        self.jsonl = open(os.path.join(run_dir, "log.jsonl"), "a", buffering=1)
+        path = os.path.join(run_dir, "log.jsonl")
+        torn = os.path.isfile(path) and os.path.getsize(path) > 0 and not _ends_with_newline(path)
+        self.jsonl = open(path, "a", buffering=1)
+        if torn:  # a crash cut the last line: start on a fresh one
+            self.jsonl.write("\n")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -69,13 +73,23 @@ class RunLog:
                 self.writer.close()
 
 
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
+
+
 def read_log(run_dir: str) -> List[dict]:
-    """Records of ``log.jsonl``; for a (kind, step) logged more than once, the last one."""
+    """Records of ``log.jsonl``; for a (kind, step) logged more than once, the last one. A line
+    cut short by a crash is skipped."""
     latest = {}
     with open(os.path.join(run_dir, "log.jsonl")) as fh:
         for line in fh:
-            if line.strip():
+            try:
                 rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "kind" in rec:
                 latest[(rec["kind"], rec.get("step"), rec.get("epoch") if rec["kind"] == "val" else None)] = rec
     return sorted(latest.values(), key=lambda r: (r.get("step", 0), r["kind"] != "train"))
 

@@ -1,0 +1,283 @@
+"""The training engine: every method trains, NoFrost's one pass equals two, BN never mixes views,
+config validation, the CLI end to end (1 rank, 2 DeepSpeed ranks on CPU), exact resume after
+SIGKILL, non-finite losses."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fastnofrost.config import DEMO, ConfigError, TrainConfig, load_config, validate
+from fastnofrost.data import build_loader
+from fastnofrost.methods import METHODS, AttackSettings, build_method, couples_samples
+from fastnofrost.models import create_model
+from fastnofrost.training.logger import read_log
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(REPO, "fastnofrost", "train.py")
+ATTACK = AttackSettings(eps=8 / 255, steps=3)
+
+
+@pytest.fixture(scope="module")
+def digits_batch():
+    loader = build_loader("digits", batch_size=32, image_size=16, seed=0)
+    loader.set_epoch(0)
+    return next(iter(loader))
+
+
+def tiny(name, **kw):
+    return create_model(name, num_classes=10, width=0.25, **kw)
+
+
+def model_for(method):
+    return tiny("resnet26_dualbn_small") if method == "mbnat" else tiny("nf_resnet26_small")
+
+
+# ------------------------------------------------------------------ methods
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_method_trains_and_moves_the_loss(name, digits_batch):
+    torch.manual_seed(0)
+    x, y = digits_batch
+    model = model_for(name)
+    method = build_method(name, ATTACK, smoothing=0.1, lam=0.5, beta=6.0, tau=1)
+    x_aug = x.flip(3) if method.needs_views else None
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(6):
+        model.train()
+        out = method(model, model, x, y, x_aug)
+        assert out.loss.requires_grad and torch.isfinite(out.loss)
+        assert set(out.correct) <= {"clean", "aug", "adv"} and out.parts
+        assert all(0 <= int(c) <= len(y) for c in out.correct.values())
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses  # a fixed batch: the loss must come down
+    assert all(p.requires_grad for p in model.parameters())  # the attack restored the model
+
+
+def test_nofrost_star_requires_views(digits_batch):
+    x, y = digits_batch
+    model = tiny("nf_resnet26_small")
+    with pytest.raises(ValueError, match="x_aug"):
+        build_method("nofrost_star", ATTACK)(model, model, x, y)
+
+
+def test_mbnat_refuses_a_model_without_dual_bn():
+    with pytest.raises(ValueError, match="dual-BN"):
+        build_method("mbnat", ATTACK).check_model(tiny("nf_resnet26_small"))
+
+
+@pytest.mark.parametrize("name", ["nofrost", "trades", "nofrost_star"])
+def test_one_pass_equals_two_passes_on_normalizer_free_models(name, digits_batch, monkeypatch):
+    """The concatenated forward/backward of a normalizer-free model gives the loss and gradients
+    of separate passes (float64, no dropout: nothing couples samples)."""
+    x, y = digits_batch
+    x, x_aug = x.double(), x.flip(3).double()
+    model = tiny("nf_resnet26_small").double().train()
+    assert not couples_samples(model)
+    method = build_method(name, ATTACK, smoothing=0.1)
+    results = []
+    for one_pass in (True, False):
+        monkeypatch.setattr("fastnofrost.methods.base.couples_samples", lambda m, flag=one_pass: not flag)
+        calls = []
+        def count(module, inputs, output):
+            if module.training:  # training forwards only, not the attack's
+                calls.append(len(inputs[0]))
+
+        hook = model.register_forward_hook(count)
+        torch.manual_seed(1)
+        out = method(model, model, x, y, x_aug)
+        hook.remove()
+        grads = torch.autograd.grad(out.loss, list(model.parameters()))
+        views = 3 if name == "nofrost_star" else 2
+        assert calls == ([views * len(y)] if one_pass else [len(y)] * views)
+        results.append((out.loss.detach(), grads))
+    (l1, g1), (l2, g2) = results
+    torch.testing.assert_close(l1, l2, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("name", ["nofrost", "trades", "nofrost_star", "mbnat"])
+def test_batch_norm_never_sees_mixed_views(name, digits_batch):
+    x, y = digits_batch
+    model = tiny("resnet26_dualbn_small" if name == "mbnat" else "resnet26_small").train()
+    seen = []
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    hooks = [bn.register_forward_hook(lambda m, inp, out: seen.append(len(inp[0]))) for bn in bns]
+    build_method(name, ATTACK)(model, model, x, y, x.flip(3))
+    for h in hooks:
+        h.remove()
+    assert seen and set(seen) == {len(y)}  # attack forwards and training forwards: one view per call
+
+
+# ------------------------------------------------------------------ configuration
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "madry"], "--method 'madry' is unknown"),
+    (["--model", "resnet9000"], "--model 'resnet9000' is unknown"),
+    (["--lambda", "1.5"], "--lambda must be in [0, 1]"),
+    (["--eps", "0"], "--eps must be in (0, 255]"),
+    (["--steps", "0"], "--steps must be an integer in [1, 1000]"),
+    (["--alpha", "-1"], "--alpha must be in (0, 255]"),
+    (["--batch-size", "30", "--grad-accum", "4"], "--batch-size 30 must be a positive multiple"),
+    (["--data", "/no/such/folder"], "--data /no/such/folder is neither a folder nor one of"),
+    (["--zero-stage", "3"], "--zero-stage must be 0, 1 or 2"),
+    (["--precision", "fp8"], "--precision must be one of"),
+    (["--method", "mbnat"], "--method mbnat needs a dual-BN model"),
+    (["--tau", "20"], "--tau must be in [0, steps=10]"),
+    (["--deepaugment-edsr", "/no/edsr.pt", "--method", "nofrost_star"], "--deepaugment-edsr /no/edsr.pt does not exist"),
+])
+def test_bad_fields_get_one_clear_sentence(argv, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(argv)
+    assert message in str(info.value)
+    assert str(info.value).count("\n") == 1  # exactly one bad field reported
+
+
+def test_every_bad_field_is_listed_and_batch_checked_against_world_size():
+    with pytest.raises(ConfigError) as info:
+        load_config(["--lambda", "2", "--steps", "0", "--smoothing", "1"])
+    assert str(info.value).count("\n") == 3
+    with pytest.raises(ConfigError, match="multiple of world size"):
+        load_config(["--batch-size", "63"], world_size=2)
+
+
+def test_defaults_reproduce_the_recipe_and_the_demo_preset():
+    c = validate(TrainConfig())
+    assert (c.model, c.method, c.eps, c.steps, c.lam, c.epochs) == ("nf_resnet50", "nofrost", 8.0, 10, 0.5, 90)
+    assert (c.momentum, c.nesterov, c.wd, c.smoothing, c.drop, c.drop_path) == (0.9, True, 5e-5, 0.1, 0.25, 0.1)
+    assert c.peak_lr == pytest.approx(0.1) and TrainConfig(batch_size=1024).peak_lr == pytest.approx(0.4)
+    demo = load_config([])
+    assert demo.data == "digits" and demo.method == "nofrost" and demo.model == DEMO["model"]
+    explicit = load_config(["--data", "digits", "--model", "nf_resnet26_small"])
+    assert explicit.width == 1.0 and explicit.epochs == 90  # no preset once data is given
+
+
+def test_yaml_config_and_precedence(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: trades\nlambda: 0.25\nbatch-size: 128\nbeta: 3\n")
+    c = load_config(["--config", str(path), "--beta", "4"])
+    assert (c.method, c.lam, c.batch_size, c.beta) == ("trades", 0.25, 128, 4.0)
+    path.write_text("methd: trades\n")
+    with pytest.raises(ConfigError, match="unknown field 'methd'"):
+        load_config(["--config", str(path)])
+    path.write_text("eps: eight\n")
+    with pytest.raises(ConfigError, match="field 'eps' has a bad value"):
+        load_config(["--config", str(path)])
+
+
+# ------------------------------------------------------------------ the command line, end to end
+
+def train_cmd(out, *extra):
+    return [sys.executable, TRAIN, "--out", str(out), "--progress", "false", "--tensorboard", "false",
+            "--width", "0.25", "--image-size", "16", "--batch-size", "32", "--steps", "2", "--epochs", "2",
+            "--val-examples", "64", *extra]
+
+
+def env(**kw):
+    return {**os.environ, "OMP_NUM_THREADS": "1", **kw}
+
+
+def run(cmd, **kw):
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=600, **kw)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def losses(out):
+    return {r["step"]: r["loss"] for r in read_log(str(out)) if r["kind"] == "train"}
+
+
+def test_cli_trains_logs_plots_and_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    run(train_cmd(out, "--max-steps", "6", "--log-every", "2", "--keep-last", "2", "--save-every", "2",
+                  "--tensorboard", "true"))
+    for name in ("config.json", "log.jsonl", "loss.png", "accuracy.png", "final.safetensors", "summary.json",
+                 "best_clean.safetensors", "best_robust.safetensors"):
+        assert (out / name).is_file(), name
+    assert any((out / "tb").iterdir())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["ranks_in_sync"] and 0 <= summary["clean"] <= 100
+    tags = sorted(os.listdir(out / "checkpoints"))
+    assert tags == ["latest", "step4", "step6"]  # keep-last 2, nothing half-written left
+    assert (out / "checkpoints" / "latest").read_text() == "step6"
+    records = read_log(str(out))
+    assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6]
+    assert {"loss_clean", "loss_adv", "acc_clean", "acc_adv", "img_s", "lr"} <= set(records[0])
+    # a second run into the same folder without --resume is refused, losing nothing
+    proc = subprocess.run(train_cmd(out), capture_output=True, text=True, env=env(), timeout=600)
+    assert proc.returncode == 1 and "already holds a run" in proc.stderr
+
+
+def test_bad_flag_exits_before_any_work(tmp_path):
+    proc = subprocess.run(train_cmd(tmp_path / "r", "--lambda", "3"), capture_output=True, text=True, env=env())
+    assert proc.returncode == 2 and "--lambda must be in [0, 1], got 3.0" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_after_sigkill_is_bit_exact(tmp_path):
+    common = ["--method", "nofrost", "--max-steps", "12", "--log-every", "1", "--save-every", "3",
+              "--drop", "0.25", "--drop-path", "0.1", "--val-every", "0"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run(train_cmd(full, *common))
+    proc = subprocess.Popen(train_cmd(killed, *common), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env())
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "log.jsonl").exists() and max(losses(killed), default=0) >= 8:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = losses(killed)
+    assert 8 <= max(before) < 12, "the run must die mid-way (after a checkpoint, before the end)"
+    assert (killed / "checkpoints" / "latest").read_text() in ("step6", "step9")
+    run(train_cmd(killed, *common, "--resume", "true"))
+    assert losses(killed) == losses(full)  # every step's loss, bit for bit (floats from JSON)
+    assert len(losses(full)) == 12
+    assert not [t for t in os.listdir(killed / "checkpoints") if t.startswith("tmp-")]
+
+
+def test_two_deepspeed_ranks_equal_one_rank_on_the_full_batch(tmp_path):
+    """`deepspeed --num_gpus 2` on CPU (gloo): parameters identical on both ranks and equal (fp32)
+    to one rank on the full batch (ST, no dropout: nothing random differs between the runs)."""
+    deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    common = ["--method", "st", "--max-steps", "4", "--drop", "0", "--drop-path", "0", "--val-every", "0",
+              "--smoothing", "0.1", "--log-every", "1"]
+    run(train_cmd(tmp_path / "one", *common))
+    proc = run([deepspeed, "--num_gpus", "2", *train_cmd(tmp_path / "two", *common)[1:]])
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True, proc.stdout[-2000:]
+    from safetensors.torch import load_file
+
+    one, two = (load_file(str(tmp_path / d / "final.safetensors")) for d in ("one", "two"))
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6)
+    l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
+    assert [l2[s] for s in l2] == pytest.approx([l1[s] for s in l2], rel=1e-5)  # same losses on the full batch
+    assert l1[4] != l1[1]  # the weights moved
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+    proc = subprocess.run(train_cmd(tmp_path / "r", "--lr", "1e9", "--max-steps", "30", "--val-every", "0",
+                                    "--save-every", "1"),
+                          capture_output=True, text=True, env=env(), timeout=600)
+    assert proc.returncode == 1 and "non-finite loss at step" in proc.stderr
+    assert "clean=" in proc.stderr and "adv=" in proc.stderr
+    ckpts = tmp_path / "r" / "checkpoints"
+    if ckpts.exists():  # the checkpoints written before the blow-up hold finite weights
+        for tag in os.listdir(ckpts):
+            if tag.startswith("step"):
+                state = torch.load(ckpts / tag / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+                assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
