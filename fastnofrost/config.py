@@ -65,6 +65,8 @@ class TrainConfig:
     # data
     data: Optional[str] = _f(None, "ImageNet-layout folder, or digits / fashion-mnist (none: the digits demo)")
     data_backend: str = _f("auto", "auto (dali-gpu on CUDA, torch on CPU), dali-gpu, dali-cpu, torch, synthetic")
+    train_examples: int = _f(0, "train on this many examples of the training split, seeded pick (0: all)")
+    val_split_examples: int = _f(0, "validate on this many examples of the validation split (0: all)")
     workers: int = _f(8, "data loader workers / DALI threads per rank")
     channels_last: Optional[bool] = _f(None, "channels_last memory format (default: on CUDA)")
     val_every: int = _f(1, "validate every N epochs (0: never)")
@@ -159,6 +161,7 @@ def _problems(c: TrainConfig, world_size: int) -> List[str]:
     need(c.data not in DATASETS or c.data_backend in ("auto", "torch"),
          f"--data {c.data} is an in-memory data set: use --data-backend torch")
     need(c.workers >= 0, f"--workers must be >= 0, got {c.workers}")
+    need(c.train_examples >= 0 and c.val_split_examples >= 0, "--train-examples and --val-split-examples must be >= 0")
     need(c.val_every >= 0 and c.val_examples >= 0 and c.val_steps >= 1,
          "--val-every and --val-examples must be >= 0 and --val-steps >= 1")
     need(c.keep_last >= 1, f"--keep-last must be >= 1, got {c.keep_last}")

@@ -124,9 +124,10 @@ class Trainer:
             cfg.smoothing, lam=cfg.lam, beta=cfg.beta, tau=cfg.tau, deepaugment=_deepaugment(cfg, device))
         common = dict(backend=backend, image_size=cfg.image_size, rank=self.rank, world_size=self.world,
                       seed=cfg.seed, channels_last=channels_last, device=device, workers=cfg.workers)
-        self.train_loader = build_loader(cfg.data, batch_size=micro, train=True,
+        self.train_loader = build_loader(cfg.data, batch_size=micro, train=True, subset=cfg.train_examples,
                                          nofrost_star=self.method.needs_views, **common)
-        self.val_loader = build_loader(cfg.data, batch_size=micro, train=False, **common) if cfg.val_every else None
+        self.val_loader = build_loader(cfg.data, batch_size=micro, train=False, subset=cfg.val_split_examples,
+                                       **common) if cfg.val_every else None
         self.steps_per_epoch = len(self.train_loader) // cfg.grad_accum
         if self.steps_per_epoch < 1:
             raise ConfigError(f"an epoch has {len(self.train_loader)} micro-batches per rank, fewer than "

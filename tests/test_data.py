@@ -264,3 +264,20 @@ def test_dali_texture_debiased_view_is_sometimes_gray(folder):
             gray_aug += int((spread(x_aug) < 0.005).sum())
             colour += int(photo.sum())
     assert gray_clean == 0 and 0.03 * colour < gray_aug < 0.25 * colour  # p = 0.1
+
+
+def test_start_batch_resumes_mid_epoch_and_subset_is_seeded():
+    full = build_loader("digits", batch_size=32, image_size=16, seed=3)
+    full.set_epoch(1)
+    whole = list(full)
+    full.set_epoch(1, start_batch=5)
+    tail = list(full)
+    assert len(tail) == len(whole) - 5
+    assert all(torch.equal(a, b) for x, y in zip(whole[5:], tail) for a, b in zip(x, y))
+    with pytest.raises(ValueError, match="start_batch"):
+        full.set_epoch(0, start_batch=len(full) + 1)
+    small = build_loader("digits", batch_size=32, image_size=16, subset=100, split_seed=4)
+    again = build_loader("digits", batch_size=32, image_size=16, subset=100, split_seed=4)
+    assert small.sharding.num_samples == 100 and torch.equal(small.labels, again.labels)
+    other = build_loader("digits", batch_size=32, image_size=16, subset=100, split_seed=5)
+    assert not torch.equal(small.images, other.images)

@@ -58,9 +58,12 @@ __all__ = ["BACKENDS", "DATASETS", "BadDataError", "build_loader"]
 def build_loader(data=None, *, backend="torch", batch_size=256, image_size=224, train=True, rank=0, world_size=1,
                  seed=0, channels_last=False, device="cpu", nofrost_star=False, skip_bad=None, verify="header",
                  workers=4, colour_strength=1.0, val_fraction=0.2, split_seed=0, synthetic_batches=100,
-                 num_classes=1000):
+                 num_classes=1000, subset=0):
     """Build the loader for one split on one rank (see the module docstring).
-    ``skip_bad=None`` means skip-and-count for training, raise for validation."""
+    ``skip_bad=None`` means skip-and-count for training, raise for validation. ``subset=N``
+    keeps N samples of the split, drawn by a permutation seeded with ``split_seed`` (0: all)."""
+    if subset < 0:
+        raise ValueError(f"subset must be >= 0, got {subset}")
     skip_bad = train if skip_bad is None else skip_bad
     if backend not in BACKENDS:
         raise ValueError(f"unknown data backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -79,10 +82,12 @@ def build_loader(data=None, *, backend="torch", batch_size=256, image_size=224, 
         raise ValueError(f"the {backend} backend needs data: a folder or one of {', '.join(DATASETS)}")
     debiased = texture_debiased_transform(image_size, colour_strength) if nofrost_star and train else None
     if data in DATASETS:
-        return _tensor_loader(data, backend, train, val_fraction, split_seed, debiased,
+        return _tensor_loader(data, backend, train, val_fraction, split_seed, debiased, subset,
                               batch_size=batch_size, image_size=image_size, rank=rank, world_size=world_size,
                               seed=seed, **common)
     scan = _scan(str(data), train, verify, skip_bad, workers, val_fraction, split_seed)
+    if subset:
+        scan.samples = [scan.samples[i] for i in sorted(_pick(len(scan.samples), subset, split_seed))]
     sharding = Sharding(len(scan.samples), batch_size, train, rank, world_size, seed)
     if backend == "torch":
         from .folder import FolderLoader
@@ -109,13 +114,25 @@ def _scan(data, train, verify, skip_bad, workers, val_fraction, split_seed):
     return scan_folder(data, split="train" if train else "val", val_fraction=val_fraction, split_seed=split_seed, **kw)
 
 
-def _tensor_loader(name, backend, train, val_fraction, split_seed, debiased, *, batch_size, image_size, rank,
-                   world_size, seed, **common):
+def _pick(n, subset, split_seed):
+    """``subset`` of ``range(n)`` drawn by a seeded permutation (all of them when subset >= n)."""
+    import numpy as np
+
+    return np.random.default_rng([split_seed, 7]).permutation(n)[:subset].tolist()
+
+
+def _tensor_loader(name, backend, train, val_fraction, split_seed, debiased, subset, *, batch_size, image_size,
+                   rank, world_size, seed, **common):
+    import torch
+
     from .datasets import TensorLoader, load_digits, load_fashion_mnist
 
     if backend != "torch":
         raise ValueError(f"{name} is an in-memory data set: use --data-backend torch (the {backend} backend "
                          "reads image folders)")
     images, labels = load_digits(train, val_fraction, split_seed) if name == "digits" else load_fashion_mnist(train)
+    if subset:
+        keep = torch.tensor(sorted(_pick(len(images), subset, split_seed)), dtype=torch.int64)
+        images, labels = images[keep], labels[keep]
     sharding = Sharding(len(images), batch_size, train, rank, world_size, seed)
     return TensorLoader(images, labels, sharding, image_size=image_size, num_classes=10, debiased=debiased, **common)
