@@ -264,7 +264,8 @@ def load_config(argv=None, world_size: int = 1) -> TrainConfig:
     args.pop("_local_rank", None)
     yaml_path = args.pop("config", None)
     given = {**(_from_yaml(yaml_path) if yaml_path else {}), **args}
-    values = {} if given.get("data") is not None else dict(DEMO)
+    demo = given.get("data") is None and given.get("data_backend") != "synthetic"
+    values = dict(DEMO) if demo else {}
     values.update(given)
     try:
         config = TrainConfig(**values)
