@@ -82,13 +82,19 @@ def deepspeed_config(cfg: TrainConfig, world: int, precision: str) -> dict:
     return ds
 
 
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.device):
-    """SGD (nesterov) or AdamW from torch, fused kernels on CUDA; no weight decay on biases and
-    other 1-d parameters (timm's recipe)."""
+def param_groups(cfg: TrainConfig, model: torch.nn.Module) -> list:
+    """No weight decay on biases and other 1-d parameters (timm's recipe)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.wd}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": cfg.wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(cfg: TrainConfig, groups: list, device: torch.device, ds_config: dict):
+    """torch's SGD (nesterov) or AdamW, fused kernels on CUDA; None when the DeepSpeed config has
+    an ``optimizer`` section (DeepSpeed then builds its own: FusedAdam, Lamb, OneBitAdam, ...)."""
+    if "optimizer" in ds_config:
+        return None
     fused = {"fused": True} if device.type == "cuda" else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
@@ -141,13 +147,13 @@ class Trainer:
         self.method.check_model(model)
         model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         torch.manual_seed(cfg.seed * 1000 + 1 + self.rank)  # dropout, drop-path, attacks: per rank
-        optimizer = build_optimizer(cfg, model, device)
+        ds_config = deepspeed_config(cfg, self.world, self.precision)
+        groups = param_groups(cfg, model)
         warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.epochs * self.steps_per_epoch,
-                                                                                     warmup))
+        factor = cosine_with_warmup(cfg.epochs * self.steps_per_epoch, warmup)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler,
-            config=deepspeed_config(cfg, self.world, self.precision))
+            model=model, model_parameters=groups, optimizer=build_optimizer(cfg, groups, device, ds_config),
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor), config=ds_config)
         self.checkpoints = Checkpoints(os.path.join(cfg.run_dir, "checkpoints"), cfg.keep_last)
         self.state = {"epoch": 0, "batch": 0, "best_clean": -1.0, "best_robust": -1.0, "val": []}
         self.skipped_fp16 = 0

@@ -281,3 +281,21 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
             if tag.startswith("step"):
                 state = torch.load(ckpts / tag / "mp_rank_00_model_states.pt", weights_only=False)["module"]
                 assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_deepspeed_config_from_flags_and_checked_file(tmp_path):
+    from fastnofrost.train import deepspeed_config
+
+    cfg = TrainConfig(batch_size=256, grad_accum=2, zero_stage=1)
+    ds = deepspeed_config(cfg, world=4, precision="bf16")
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
+        256, 32, 2)
+    assert ds["zero_optimization"] == {"stage": 1} and ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert "torch_autocast" not in deepspeed_config(cfg, 4, "fp32")
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"bf16": {"enabled": True}}))
+    with pytest.raises(ConfigError, match="torch_autocast"):
+        deepspeed_config(TrainConfig(deepspeed_config=str(path)), 1, "fp32")
+    path.write_text(json.dumps({"train_batch_size": 512}))
+    with pytest.raises(ConfigError, match="disagree"):
+        deepspeed_config(TrainConfig(deepspeed_config=str(path)), 1, "fp32")
