@@ -29,6 +29,7 @@ from fastnofrost.methods import AttackSettings, build_method
 from fastnofrost.models import create_model
 from fastnofrost.training import distributed
 from fastnofrost.training.checkpoint import Checkpoints, save_weights
+from fastnofrost.training.host import keep_large_buffers
 from fastnofrost.training.logger import RunLog, plot, summary_table
 from fastnofrost.training.schedule import cosine_with_warmup
 from fastnofrost.training.validate import validate
@@ -330,6 +331,8 @@ def main(argv=None) -> int:
         print(f"fastnofrost/train.py: {exc}", file=sys.stderr)
         return 2
     distributed.init(device.type)
+    if device.type == "cpu":
+        keep_large_buffers()  # activations reused across the K + 2 passes, not re-faulted each time
     try:
         Trainer(cfg, device).fit()
     except (ConfigError, TrainingError, FileNotFoundError) as exc:

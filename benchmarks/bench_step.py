@@ -1,0 +1,609 @@
+"""Training-step benchmark: ours vs the reference recipe vs ours minus one optimization at a time.
+
+Full training steps, side by side in one run. A step is the method's PGD-K attack (eps 8/255,
+step min(1.25 eps, eps + 4/255) / K, random start), the NoFrost loss (1 - lambda) CE(x) +
+lambda CE(x*) (lambda 0.5, label smoothing 0.1), backward and an SGD Nesterov step (train.py's
+optimizer); K = 0 is plain ST, CE(x). The model trains as in the recipe (dropout 0.25,
+drop-path 0.1). Engines:
+
+  ours        the library path: build_method('nofrost' | 'st', AttackSettings(...)) called as
+              method(forward, model, x, y): fused ops, WS once per attack, no weight gradients
+              in the loop, clean + adversarial halves in one forward; bf16 autocast and
+              channels_last on CUDA (fp32 on CPU); --compile adds AttackSettings.compile_step
+  reference   the official recipe re-expressed: timm-style unfused WS recomputed in every
+              forward (layers' backend='reference'), parameters requiring grad during the
+              attack, the advertorch-style fp32 PGD loop of bench_attack.py (loss.backward(),
+              x_adv.grad.sign(), clamps, eval mode), clean forward FIRST with its graph alive
+              through the attack, then a separate adversarial forward; fp32, NCHW, torch SGD
+  ablations   ours with exactly one optimization removed (table ABLATIONS below)
+
+Per config: median of --repeats steps after --warmup steps (CUDA events on CUDA), images/s
+(clean images per second), overhead ratio (step time / ST step time of the same engine), the
+FLOP-model floor of that ratio, peak memory (CUDA: max_memory_allocated; CPU: peak RSS of a
+process that ran only that config) and speedup vs the reference at the same K and batch.
+
+    python benchmarks/bench_step.py                     # CPU: nf_resnet26_small, 32x32, batch 32
+    python benchmarks/bench_step.py --device cuda --compile [--model nf_resnet50]
+    python benchmarks/bench_step.py --quick --device cpu    # smoke test (seconds)
+
+Prints a table and a goals block; writes bench_step_<model>[_compile][_quick].json and a .png
+(img/s vs K: ours, the reference, the floor) under benchmarks/results/<device>/ (or $OUT/).
+CPU configs run one process each (--no-isolate: all in this one); on a CPU shared with other
+jobs, OMP_NUM_THREADS=1 avoids OpenMP spin-waits that slow every engine several times over.
+"""
+import argparse
+import contextlib
+import dataclasses
+import functools
+import importlib
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Optional, Tuple
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench_attack import describe_device, reference_pgd  # benchmarks/ is on sys.path when run as a script
+from results_io import save_result
+from fastnofrost import ops
+from fastnofrost.attacks import default_alpha
+from fastnofrost.attacks.common import attack_mode
+from fastnofrost.config import TrainConfig
+from fastnofrost.methods import AttackSettings, build_method
+from fastnofrost.models import create_model
+from fastnofrost.nn import ScaledStdConv2d, StdConv2d
+from fastnofrost.train import build_optimizer, param_groups
+from fastnofrost.training.host import keep_large_buffers
+
+EPS, LAMBDA, SMOOTHING, DROP, DROP_PATH = 8 / 255, 0.5, 0.1, 0.25, 0.1
+ROW_TAG = "BENCH_STEP_ROW "   # how a --one child hands its measurement to the parent
+
+DEFAULTS = {  # per device; --quick: a smoke test of every engine (tiny model, batch and K)
+    "cuda": dict(model="nf_resnet26", image_size=224, width=1.0, num_classes=1000, batch_sizes="128",
+                 ks="0,1,3,5,10", warmup=3, repeats=10),
+    "cpu": dict(model="nf_resnet26_small", image_size=32, width=1.0, num_classes=10, batch_sizes="32",
+                ks="0,1,3,5,10", warmup=1, repeats=3),
+    "quick": dict(model="nf_resnet26_small", image_size=16, width=0.25, num_classes=10, batch_sizes="4",
+                  ks="0,1,2", warmup=1, repeats=1),
+}
+GOALS = {  # (metric, threshold, higher is better) at the largest K
+    "cuda": [("speedup", 3.0, True), ("ratio_vs_floor", 1.10, False), ("memory_vs_reference", 0.6, False)],
+    "cpu": [("speedup", 1.5, True)],
+}
+GOAL_TEXT = {"speedup": "ours / reference throughput", "ratio_vs_floor": "overhead ratio / FLOP floor",
+             "memory_vs_reference": "peak memory ours / reference"}
+
+
+# ------------------------------------------------------------------ FLOP model
+
+def count_flops(model, x, y) -> dict:
+    """Forward, input-gradient and weight-gradient FLOPs per image (FlopCounterMode; eval mode).
+
+    input-grad: backward with frozen parameters and x requiring grad (the attack's backward);
+    weight-grad: a backward with parameters and x requiring grad, minus the input-grad one.
+    """
+    def counted(fn):
+        with FlopCounterMode(display=False) as counter:
+            out = fn()
+        return out, counter.get_total_flops() / len(x)
+
+    x_in = x.clone().requires_grad_(True)
+    with attack_mode(model):  # eval mode, frozen parameters
+        loss, fwd = counted(lambda: F.cross_entropy(model(x_in), y))
+        _, igrad = counted(lambda: torch.autograd.grad(loss, x_in))
+    model.eval()
+    _, full = counted(F.cross_entropy(model(x_in), y).backward)
+    return dict(fwd=fwd, igrad=igrad, wgrad=full - igrad)
+
+
+def flop_floor(k: int, fwd: float, igrad: float, wgrad: float) -> float:
+    """Lowest possible step time / ST step time by FLOPs: a NoFrost step is K x (forward +
+    input-grad) for the attack plus forward + full backward of the 2x batch; ST is one forward
+    + full backward. K = 0 is ST itself: 1."""
+    train = fwd + igrad + wgrad
+    if k == 0:
+        return 1.0
+    return (k * (fwd + igrad) + 2 * train) / train
+
+
+# ------------------------------------------------------------------ engines
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """How an engine of ours runs: precision of the training forward and of the attack,
+    AttackSettings.compile_step, memory format, WS backend, and library pieces swapped out."""
+    precision: str
+    compile_step: object
+    channels_last: bool
+    ws_backend: str = "fused"
+    patches: Tuple[Callable, ...] = ()
+
+    def but(self, **changes) -> "Setup":
+        return dataclasses.replace(self, **changes)
+
+    def patched(self, patch) -> "Setup":
+        return self.but(patches=self.patches + (patch,))
+
+
+_pgd = importlib.import_module("fastnofrost.attacks.pgd")       # the attack loop's module namespace
+_base = importlib.import_module("fastnofrost.methods.base")      # the methods' shared code
+_std_conv = importlib.import_module("fastnofrost.nn.std_conv")   # the WS layers
+
+
+def no_ws_cache():
+    """The attack standardizes every weight at every step (attack_mode(cache_weights=False))."""
+    return mock.patch.object(_pgd, "attack_mode", lambda model, cache_weights=True: attack_mode(model, False))
+
+
+@contextlib.contextmanager
+def _attack_mode_with_param_grads(model, cache_weights=True):
+    """attack_mode (eval, cached WS) with the trainable parameters left requiring grad."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with attack_mode(model, cache_weights):
+        for p in trainable:
+            p.requires_grad_(True)
+        yield model
+
+
+@contextlib.contextmanager
+def weight_grads_in_loop():
+    """Parameters keep requires_grad in the attack and every step differentiates w.r.t. them as
+    well as x_adv (as loss.backward() would; the weight gradients are then dropped), so the
+    weight-gradient convolutions run K times. The standardized weights are still computed once
+    (cached, turned into leaves requiring grad), so no WS backward is added."""
+    cached_weight = _std_conv.cached_weight
+    leaves = {}  # layer -> its cached standardized weight
+
+    def cached_leaf(layer, compute):
+        leaves[layer] = cached_weight(layer, compute).requires_grad_(True)
+        return leaves[layer]
+
+    def input_and_weight_gradients(forward, x_adv, objective, precision):  # attacks.common.input_gradient's twin
+        x_adv.requires_grad_(True)
+        logits = precision.logits(forward, x_adv)
+        values = objective(logits)
+        weights = [p for p in forward.parameters() if p.requires_grad] + list(leaves.values())
+        grad, *_ = torch.autograd.grad(values.sum() * precision.loss_scale, [x_adv, *weights], allow_unused=True)
+        return values.detach(), logits.detach(), grad
+
+    with mock.patch.object(_pgd, "attack_mode", _attack_mode_with_param_grads), \
+            mock.patch.object(_pgd, "input_gradient", input_and_weight_gradients), \
+            mock.patch.object(_std_conv, "cached_weight", cached_leaf):
+        yield
+
+
+def two_forwards():
+    """Clean and adversarial halves in two forwards, as for a BatchNorm model."""
+    return mock.patch.object(_base, "couples_samples", lambda module: True)
+
+
+@contextlib.contextmanager
+def unfused_pgd():
+    """Random start and PGD step by eager torch ops (the ops' backend='reference')."""
+    with mock.patch.object(_pgd, "pgd_step_", functools.partial(ops.pgd_step_, backend="reference")), \
+            mock.patch.object(_pgd, "pgd_random_start", functools.partial(ops.pgd_random_start, backend="reference")):
+        yield
+
+
+ABLATIONS = {  # name: (what is removed, Setup -> Setup, or None where ours does not use it)
+    "no-ws-cache": ("WS cached per attack: standardize every PGD step",
+                    lambda s: None if s.compile_step else s.patched(no_ws_cache)),
+    "weight-grads": ("no weight grads in the loop: params require grad, each step differentiates them",
+                     lambda s: s.patched(weight_grads_in_loop)),
+    "two-forwards": ("one clean+adv forward: two forwards", lambda s: s.patched(two_forwards)),
+    "unfused-pgd": ("fused PGD ops: random start and step in eager torch", lambda s: s.patched(unfused_pgd)),
+    "unfused-ws": ("fused WS kernel: layers' backend='reference'", lambda s: s.but(ws_backend="reference")),
+    "fp32": ("bf16 autocast: fp32", lambda s: None if s.precision == "fp32" else s.but(precision="fp32")),
+    "no-compile": ("compiled attack step: eager", lambda s: s.but(compile_step=False) if s.compile_step else None),
+    "nchw": ("channels_last: NCHW", lambda s: s.but(channels_last=False) if s.channels_last else None),
+}
+
+
+def ours_setup(device: str, compile_attack: bool) -> Setup:
+    cuda = device == "cuda"
+    compile_step = ("reduce-overhead" if cuda else True) if compile_attack else False
+    return Setup(precision="bf16" if cuda else "fp32", compile_step=compile_step, channels_last=cuda)
+
+
+def engine_setups(names, device, compile_attack) -> dict:
+    """{engine: Setup} for ours and the applicable ablations; the reference maps to None."""
+    ours = ours_setup(device, compile_attack)
+    setups = {}
+    for name in names:
+        if name == "ours":
+            setups[name] = ours
+        elif name == "reference":
+            setups[name] = None
+        elif name == "ablations":
+            setups.update({k: s for k, (_, fn) in ABLATIONS.items() if (s := fn(ours)) is not None})
+        elif name in ABLATIONS:
+            setup = ABLATIONS[name][1](ours)
+            if setup is None:
+                raise SystemExit(f"bench_step: ablation {name!r} does not apply here (ours does not use it)")
+            setups[name] = setup
+        else:
+            raise SystemExit(f"bench_step: unknown engine {name!r}; use ours, reference, ablations or one of "
+                             f"{', '.join(ABLATIONS)}")
+    return setups
+
+
+def set_ws_backend(model, backend: str) -> None:
+    """Every WS layer's backend (as bench_attack.py builds its reference model)."""
+    for layer in model.modules():
+        if isinstance(layer, (ScaledStdConv2d, StdConv2d)):
+            layer.backend = backend
+
+
+# ------------------------------------------------------------------ one training step per engine
+
+def autocast_forward(model, precision: str, device: str):
+    """The training forward: the model, under autocast for bf16 (as DeepSpeed's torch_autocast)."""
+    if precision == "fp32":
+        return model
+
+    def forward(x):
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return model(x)
+    return forward
+
+
+def ours_step(model, optimizer, setup: Setup, k: int, device: str):
+    """One library training step: method(forward, model, x, y), backward, SGD step."""
+    attack = AttackSettings(eps=EPS, steps=k, precision=setup.precision, compile_step=setup.compile_step)
+    method = build_method("nofrost" if k else "st", attack, smoothing=SMOOTHING, lam=LAMBDA)
+    forward = autocast_forward(model, setup.precision, device)
+
+    def step(x, y):
+        with contextlib.ExitStack() as stack:
+            for patch in setup.patches:
+                stack.enter_context(patch())
+            model.train()
+            out = method(forward, model, x, y)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+    return step
+
+
+def reference_step(model, optimizer, k: int):
+    """The official code path: clean forward first (graph kept), advertorch PGD, adversarial forward."""
+    alpha = default_alpha(EPS, max(k, 1))
+
+    def step(x, y):
+        model.train()
+        clean = model(x)
+        loss = F.cross_entropy(clean, y, label_smoothing=SMOOTHING)
+        if k:
+            start = ops.pgd_random_start(x, EPS, backend="reference")
+            x_adv = reference_pgd(model, x, y, start, EPS, k, alpha)
+            model.train()
+            adv = F.cross_entropy(model(x_adv), y, label_smoothing=SMOOTHING)
+            loss = (1 - LAMBDA) * loss + LAMBDA * adv
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+# ------------------------------------------------------------------ measuring
+
+def build(args, setup: Optional[Setup], batch: int):
+    """Model, optimizer and one synthetic batch for an engine (same seed: same weights and data)."""
+    torch.manual_seed(0)
+    model = create_model(args.model, num_classes=args.num_classes, width=args.width, drop_rate=DROP,
+                         drop_path_rate=DROP_PATH).to(args.device)
+    x = torch.rand(batch, 3, args.image_size, args.image_size, device=args.device)
+    y = torch.randint(0, args.num_classes, (batch,), device=args.device)
+    if setup is None:  # reference: unfused WS, NCHW, plain torch SGD as the official code
+        set_ws_backend(model, "reference")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1 * batch / 256, momentum=0.9, nesterov=True,
+                                    weight_decay=5e-5)
+        return model, optimizer, x, y
+    set_ws_backend(model, setup.ws_backend)
+    if setup.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    cfg = TrainConfig(batch_size=batch)  # the recipe's SGD: lr 0.1 x batch/256, Nesterov, wd 5e-5
+    optimizer = build_optimizer(cfg, param_groups(cfg, model), torch.device(args.device), {})
+    return model, optimizer, x, y
+
+
+def time_steps(step, x, y, warmup: int, repeats: int, device: str):
+    """Milliseconds of each of ``repeats`` steps after ``warmup`` steps."""
+    for _ in range(warmup):
+        step(x, y)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step(x, y)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            step(x, y)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure(args, engine: str, setup: Optional[Setup], ks, batch: int, isolated: bool):
+    """Rows for one engine at each K, on one model instance (compiled graphs are reused across K)."""
+    model, optimizer, x, y = build(args, setup, batch)
+    rss_start = rss_mib() if isolated else None  # the process before any step: interpreter, torch, model
+    rows = []
+    for k in ks:
+        step = reference_step(model, optimizer, k) if setup is None else ours_step(model, optimizer, setup, k,
+                                                                                   args.device)
+        times = time_steps(step, x, y, args.warmup, args.repeats, args.device)
+        if args.device == "cuda":
+            memory = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            memory = peak_rss_mib() if isolated else None
+        ms = statistics.median(times)
+        rows.append(dict(engine=engine, k=k, batch=batch, ms=ms, all_ms=times, img_s=batch / ms * 1e3,
+                         peak_mib=memory, rss_start_mib=rss_start))
+        print(f"  {engine:<13} K={k:<3} batch {batch:<4} {ms:10.1f} ms/step", file=sys.stderr, flush=True)
+    return rows
+
+
+def run_isolated(argv, engine: str, k: int, batch: int) -> dict:
+    """One (engine, K, batch) config in a fresh process of this script, so its peak RSS is its own."""
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--one", f"{engine}:{k}:{batch}"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stderr.write(done.stderr)
+    rows = [line[len(ROW_TAG):] for line in done.stdout.splitlines() if line.startswith(ROW_TAG)]
+    if done.returncode or not rows:
+        raise SystemExit(f"bench_step: config {engine} K={k} batch {batch} failed (exit {done.returncode})")
+    return json.loads(rows[-1])
+
+
+def run_all(args, argv, setups: dict, record) -> None:
+    """Every config, each row handed to ``record``. Isolated (CPU): one process per config,
+    K-major so load drift spreads over the engines; else here, engine-major, each engine's model
+    built once (compiled graphs are reused across K), compile caches and CUDA-graph memory pools
+    dropped between engines so each engine's peak memory is its own."""
+    plan = [(name, batch, args.ks if name in ("ours", "reference") else args.ablation_ks)
+            for batch in args.batch_sizes for name in setups]
+    if args.in_process:
+        for name, batch, ks in plan:
+            record(measure(args, name, setups[name], ks, batch, isolated=False))
+            if args.compile:
+                torch._dynamo.reset()
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+        return
+    for batch in args.batch_sizes:
+        for k in sorted(set(args.ks) | set(args.ablation_ks)):
+            for name, b, ks in plan:
+                if b == batch and k in ks:
+                    record([run_isolated(argv, name, k, batch)])
+
+
+# ------------------------------------------------------------------ reporting
+
+def add_ratios(rows, flops) -> None:
+    """Overhead ratio (vs the same engine's ST), floor, ratio/floor, speedup vs the reference."""
+    by = {(r["engine"], r["k"], r["batch"]): r for r in rows}
+    for r in rows:
+        st = by.get((r["engine"], 0, r["batch"]))
+        ref = by.get(("reference", r["k"], r["batch"]))
+        r["floor"] = flop_floor(r["k"], **flops)
+        r["overhead"] = r["ms"] / st["ms"] if st else None
+        r["ratio_vs_floor"] = r["overhead"] / r["floor"] if st else None
+        r["speedup"] = ref["ms"] / r["ms"] if ref else None
+
+
+def fmt(value, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def print_table(rows) -> None:
+    head = (f"{'engine':<13} {'K':>3} {'batch':>5} {'ms/step':>10} {'img/s':>9} {'overhead':>9} {'floor':>6} "
+            f"{'ratio/floor':>11} {'peak MiB':>9} {'vs ref':>7}")
+    print(head + "\n" + "-" * len(head))
+    for r in sorted(rows, key=lambda r: (r["batch"], r["k"])):
+        print(f"{r['engine']:<13} {r['k']:>3} {r['batch']:>5} {r['ms']:>10.1f} {r['img_s']:>9.1f} "
+              f"{fmt(r['overhead'], '.2f', 'x'):>9} {r['floor']:>6.2f} {fmt(r['ratio_vs_floor'], '.2f'):>11} "
+              f"{fmt(r['peak_mib'], '.0f'):>9} {fmt(r['speedup'], '.2f', 'x'):>7}")
+
+
+def goals(rows, device: str) -> list:
+    """Each goal of the device at the largest K, per batch: dicts with the value and met / not."""
+    out = []
+    for batch in sorted({r["batch"] for r in rows}):
+        k = max(r["k"] for r in rows if r["batch"] == batch)
+        ours = next((r for r in rows if (r["engine"], r["k"], r["batch"]) == ("ours", k, batch)), None)
+        ref = next((r for r in rows if (r["engine"], r["k"], r["batch"]) == ("reference", k, batch)), None)
+        for metric, threshold, higher in GOALS[device]:
+            value = None
+            if metric == "memory_vs_reference":
+                if ours and ref and ours["peak_mib"] and ref["peak_mib"]:
+                    value = ours["peak_mib"] / ref["peak_mib"]
+            elif ours:
+                value = ours[metric]
+            met = None if value is None else (value >= threshold if higher else value <= threshold)
+            out.append(dict(metric=metric, k=k, batch=batch, value=value, threshold=threshold,
+                            goal=f"{'>=' if higher else '<='} {threshold}", met=met))
+    return out
+
+
+def print_goals(results) -> None:
+    print(f"\ngoals on {results['config']['device']} ({results['config']['model']}):")
+    for g in results["goals"]:
+        state = "not measured" if g["met"] is None else ("met" if g["met"] else "NOT met")
+        print(f"  {GOAL_TEXT[g['metric']]} at K={g['k']}, batch {g['batch']}: {fmt(g['value'], '.2f')} "
+              f"(goal {g['goal']}): {state}")
+
+
+def plot(rows, title: str, path) -> None:
+    """img/s vs K: ours, the reference, and the FLOP bound (ours' ST throughput / FLOP floor)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for batch in sorted({r["batch"] for r in rows}):
+        for engine, style in (("ours", "o-"), ("reference", "s-")):
+            pts = sorted((r["k"], r["img_s"]) for r in rows if r["engine"] == engine and r["batch"] == batch)
+            if pts:
+                ax.plot(*zip(*pts), style, label=f"{engine}, batch {batch}")
+        st = next((r for r in rows if (r["engine"], r["k"], r["batch"]) == ("ours", 0, batch)), None)
+        if st:
+            pts = sorted((r["k"], st["img_s"] / r["floor"]) for r in rows
+                         if r["engine"] == "ours" and r["batch"] == batch)
+            ax.plot(*zip(*pts), "k--", lw=1, label=f"FLOP bound: ours' ST img/s / floor, batch {batch}")
+    ax.set_xticks(sorted({r["k"] for r in rows}))
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("PGD steps K (0 = ST)")
+    ax.set_ylabel("training images / s")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def results_record(args, setups, flops, rows, complete: bool) -> dict:
+    """The JSON record: device, config, engines, FLOPs, floors, rows (with ratios) and goals."""
+    add_ratios(rows, flops)
+    engines = {name: ("the official recipe re-expressed (see the module docstring)" if setup is None else
+                      dict(dataclasses.asdict(setup), patches=[p.__name__ for p in setup.patches],
+                           removes=ABLATIONS[name][0] if name in ABLATIONS else None))
+               for name, setup in setups.items()}
+    ks = sorted({r["k"] for r in rows} | set(args.ks))
+    memory = ("cuda max_memory_allocated after warm-up" if args.device == "cuda" else
+              "peak RSS of a process running only that config" if not args.in_process else None)
+    config = dict(device=args.device, model=args.model, image_size=args.image_size, width=args.width,
+                  num_classes=args.num_classes, batch_sizes=args.batch_sizes, ks=args.ks, ablation_ks=args.ablation_ks,
+                  warmup=args.warmup, repeats=args.repeats, compile=args.compile, in_process=args.in_process,
+                  memory=memory, eps=EPS, lam=LAMBDA, smoothing=SMOOTHING, drop=DROP, drop_path=DROP_PATH,
+                  img_s="clean training images per second (the adversarial copies are not counted)")
+    info = dict(describe_device(args.device), loadavg_start=args.loadavg_start, loadavg_end=os.getloadavg())
+    return dict(info=info, config=config, engines=engines, flops_per_image=flops,
+                floor={k: flop_floor(k, **flops) for k in ks}, rows=rows, goals=goals(rows, args.device),
+                complete=complete)
+
+
+def _ints(text: str):
+    return [int(v) for v in text.split(",")]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model", help="cuda: nf_resnet26 (or nf_resnet50); cpu: nf_resnet26_small")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--width", type=float, help="channel width multiplier")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--batch-sizes", help="comma separated (cuda 128, cpu 32)")
+    p.add_argument("--ks", help="PGD steps, comma separated; 0 = ST (default 0,1,3,5,10)")
+    p.add_argument("--ablation-ks", help="K of the ablations (default 0 and the largest --ks)")
+    p.add_argument("--repeats", type=int, help="timed steps per config (cuda 10, cpu 3)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (cuda 3, cpu 1)")
+    p.add_argument("--engines", default="ours,reference,ablations",
+                   help="comma separated: ours, reference, ablations (all that apply) or any of "
+                        + ", ".join(ABLATIONS))
+    p.add_argument("--compile", action="store_true",
+                   help="compile the attack step (AttackSettings.compile_step: 'reduce-overhead' on cuda)")
+    p.add_argument("--quick", action="store_true", help="tiny model, batch and K: a smoke test")
+    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                   help="one process per config (default: on CPU, not with --quick); gives per-config peak RSS")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="CPU: leave glibc's mmap threshold as is (default: every engine runs with "
+                        "fastnofrost.training.host.keep_large_buffers, as train.py does)")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: ENGINE:K:BATCH in this process, row to stdout
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but no CUDA device is visible")
+    for key, value in DEFAULTS["quick" if args.quick else args.device].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.batch_sizes, args.ks = _ints(args.batch_sizes), _ints(args.ks)
+    args.ablation_ks = _ints(args.ablation_ks) if args.ablation_ks else sorted({0, max(args.ks)})
+    if min(args.ks + args.ablation_ks) < 0 or args.repeats < 1 or args.warmup < 0:
+        p.error("K >= 0, --repeats >= 1 and --warmup >= 0")
+    isolate = args.isolate if args.isolate is not None else (args.device == "cpu" and not args.quick)
+    if isolate and args.device == "cuda":
+        p.error("--isolate is for CPU (CUDA memory is measured in-process)")
+    args.in_process = not isolate
+    args.engines = args.engines.split(",")
+    args.loadavg_start = os.getloadavg()
+    return args
+
+
+def run_one(args) -> dict:
+    """--one ENGINE:K:BATCH: measure that config alone and print its row for the parent."""
+    engine, k, batch = args.one.split(":")
+    setup = engine_setups([engine], args.device, args.compile)[engine]
+    row = measure(args, engine, setup, [int(k)], int(batch), isolated=True)[0]
+    print(ROW_TAG + json.dumps(row), flush=True)
+    return row
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.device == "cpu" and not args.default_malloc:
+        keep_large_buffers()  # the same allocator for every engine (and what train.py uses on CPU)
+    if args.one:
+        return run_one(args)
+    setups = engine_setups(args.engines, args.device, args.compile)
+    model, _, x, y = build(args, ours_setup(args.device, False), 2)
+    flops = count_flops(model, x, y)
+    del model
+    print(f"# bench_step: {args.model} {args.image_size}x{args.image_size} width {args.width}, {args.device}, "
+          f"load average {args.loadavg_start[0]:.2f}")
+    print(f"# GFLOP per image: forward {flops['fwd'] / 1e9:.3f}, input-grad {flops['igrad'] / 1e9:.3f}, "
+          f"weight-grad {flops['wgrad'] / 1e9:.3f}; floor of step/ST: "
+          + ", ".join(f"K={k} {flop_floor(k, **flops):.2f}" for k in args.ks))
+    print(f"# engines: {', '.join(setups)}; {'in this process' if args.in_process else 'one process per config'}",
+          flush=True)
+
+    name = f"bench_step_{args.model}{'_compile' if args.compile else ''}{'_quick' if args.quick else ''}.json"
+    rows = []
+
+    def checkpoint(new_rows):  # partial JSON after every measurement: a killed run keeps what it has
+        rows.extend(new_rows)
+        with contextlib.redirect_stdout(io.StringIO()):
+            save_result(name, args.device, results_record(args, setups, flops, rows, complete=False))
+
+    run_all(args, argv, setups, checkpoint)
+    result = results_record(args, setups, flops, rows, complete=True)
+    print()
+    print_table(rows)
+    print("overhead = step time / ST step time of the same engine; floor = FLOP-model floor of it; "
+          "vs ref = reference time / time")
+    print_goals(result)
+    print(f"load average at the end: {result['info']['loadavg_end'][0]:.2f} ({os.cpu_count()} cores)")
+    path = save_result(name, args.device, result)
+    plot(rows, f"bench_step: {args.model} {args.image_size}px, {result['info']['name']} ({args.device})",
+         path.with_suffix(".png"))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Smoke test of benchmarks/bench_step.py: the quick CPU run finishes and its JSON holds every
+engine at every K; the FLOP-model floor matches a hand computation. No timing assertions (speed
+goals are reported by the benchmark, never asserted)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "benchmarks")
+sys.path.insert(0, BENCH)
+
+from bench_step import flop_floor  # noqa: E402  (benchmarks/ is not a package)
+
+
+@pytest.mark.parametrize("k, expected", [(0, 1.0), (1, (1 * 5 + 2 * 9) / 9), (10, (10 * 5 + 2 * 9) / 9)])
+def test_flop_floor_by_hand(k, expected):
+    # fwd 2, input-grad 3, weight-grad 4: ST = 9; a K-step NoFrost step = K * 5 + 2 * 9
+    assert flop_floor(k, fwd=2.0, igrad=3.0, wgrad=4.0) == pytest.approx(expected)
+
+
+def test_quick_run_writes_every_engine_and_k(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path), OMP_NUM_THREADS="1")  # one thread: no spin-waits on a busy machine
+    done = subprocess.run([sys.executable, os.path.join(BENCH, "bench_step.py"), "--quick", "--device", "cpu"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    result = json.loads((tmp_path / "bench_step_nf_resnet26_small_quick.json").read_text())
+    assert result["complete"] and (tmp_path / "bench_step_nf_resnet26_small_quick.png").stat().st_size > 0
+    ks, ablation_ks = result["config"]["ks"], result["config"]["ablation_ks"]
+    expected = {("ours", k) for k in ks} | {("reference", k) for k in ks} | {
+        (name, k) for name in ("no-ws-cache", "weight-grads", "two-forwards", "unfused-pgd", "unfused-ws")
+        for k in ablation_ks}
+    assert {(r["engine"], r["k"]) for r in result["rows"]} == expected
+    assert set(result["engines"]) == {name for name, _ in expected}
+    flops = result["flops_per_image"]
+    assert flops["fwd"] > 0 and flops["igrad"] > 0 and flops["wgrad"] > 0
+    for r in result["rows"]:
+        assert r["ms"] > 0 and r["img_s"] > 0
+        assert r["floor"] == pytest.approx(flop_floor(r["k"], **flops))
+        assert r["overhead"] is not None and r["speedup"] is not None
+    assert [g["metric"] for g in result["goals"]] == ["speedup"]
+    assert "goals on cpu" in done.stdout
