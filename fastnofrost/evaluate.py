@@ -1,0 +1,253 @@
+"""Robustness evaluation: every attack of the NoFrost paper, model-property metrics, distribution
+shift, and an honest report.
+
+    python -m fastnofrost.evaluate --model nf_resnet50 --checkpoint final.safetensors --data /data/imagenet \\
+        [--attacks clean,pgd,apgd-ce,apgd-dlr,mia,cw,rays,square,aa] [--eps 8] [--steps 20] [--n-examples N]
+    deepspeed --num_gpus 8 --module fastnofrost.evaluate ...     # examples sharded over the ranks
+
+or from Python, on any classifier taking [0, 1] pixels (a timm or robustbench model too, with
+its normalization as its first layer):
+
+    from fastnofrost.evaluate import evaluate
+    report = evaluate(model, (x, y), attacks=("clean", "pgd", "aa"), eps=8 / 255)   # or a loader
+
+Writes ``report.json`` and ``report.md`` and prints the table (laid out as the paper's Tables
+1-2); warns when PGD's robust accuracy exceeds AutoAttack's by more than 5 points (gradient
+masking). See the README section "Evaluation" for every option.
+"""
+import argparse
+import os
+import sys
+import time
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from . import __version__
+from .attacks import APGD, RayS, Square
+from .data import DATASETS
+from .metrics import margin, thickness
+from .evaluation.attacks import DEFAULT_ATTACKS, AttackSettings, build_attacks, check_names
+from .evaluation.data import Examples, validation_loader
+from .evaluation.distributed import finish, gather, init_from_env, launched, merge, rank_and_world
+from .evaluation.properties import build_metrics, check_metric_names
+from .evaluation.report import build_report, to_markdown, write_report
+from .evaluation.runner import attack_pass, clean_pass, metric_pass
+from .evaluation.shift import (TITLES, check_outputs, class_index_of_folder, evaluate_shift, plan_shift,
+                               read_class_index)
+
+
+def evaluate(model, data, attacks: Sequence[str] = DEFAULT_ATTACKS, *, eps: float = 8 / 255, steps: int = 20,
+             apgd_steps: int = APGD.steps, rays_queries: int = RayS.queries, square_queries: int = Square.queries,
+             seed: int = 0, precision: str = "fp32", batch_size: int = 128, n_examples: Optional[int] = None,
+             metrics: Sequence[str] = (), metric_settings: Optional[Dict[str, dict]] = None, device=None,
+             progress: bool = True, meta: Optional[dict] = None) -> dict:
+    """Robust accuracy of ``model`` under ``attacks`` (clean is always measured) and the
+    ``metrics`` ('thickness', 'margin', 'smoothness'), as the report dict (see
+    :func:`fastnofrost.evaluation.report.build_report`).
+
+    ``data``: tensors ``(x, y)`` (pixels in [0, 1], int64 labels) or a loader of (x, y) batches;
+    ``n_examples``: N examples spread over ``data`` (tensors) or the first N of the loader's
+    order. In a process group each rank evaluates its round-robin share (a loader must yield
+    this rank's share) and every rank returns the merged report.
+    """
+    settings = AttackSettings(eps, steps, apgd_steps, rays_queries, square_queries, seed, precision, batch_size)
+    chosen_attacks = build_attacks(attacks, settings)
+    chosen_metrics = build_metrics(metrics, settings, metric_settings)
+    device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
+    model.to(device)
+    rank, world = rank_and_world()
+    examples = Examples(data, n_examples=n_examples, batch_size=batch_size, rank=rank, world=world, device=device)
+    show = progress and rank == 0
+
+    local, local_metrics = {}, {}
+    out, seconds = clean_pass(model, examples, precision=precision, total=examples.limit, progress=show)
+    local["clean"] = {"correct": out.get("correct", torch.zeros(0, dtype=torch.bool)), "seconds": seconds}
+    total = local["clean"]["correct"].numel()
+    for name, attack in chosen_attacks.items():
+        out, seconds = attack_pass(name, attack, model, examples, eps=eps, precision=precision, total=total,
+                                   progress=show)
+        local[name] = {"correct": out.get("correct", torch.zeros(0, dtype=torch.bool)), "seconds": seconds,
+                       "max_linf": out["linf"].max().item() if total else 0.0}
+    for name, (metric, kw) in chosen_metrics.items():
+        out, seconds = metric_pass(name, metric, model, examples, total=total, progress=show)
+        local_metrics[name] = {"values": out.get("value", torch.zeros(0)), "seconds": seconds, "settings": kw}
+
+    results, metric_results = _merge(local), _merge(local_metrics)
+    info = {"model": type(model).__name__, "data": type(data).__name__, "device": _device_name(device),
+            "world_size": world, "torch": torch.__version__, "fastnofrost": __version__,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return build_report(results, settings, metric_results, {**info, **(meta or {})})
+
+
+def _merge(local: Dict[str, dict]) -> Dict[str, dict]:
+    """Per-sample tensors of every rank merged in evaluation order; times: the slowest rank's;
+    largest perturbation: over all ranks."""
+    ranks = gather(local)
+    merged = {}
+    for name, first in local.items():
+        entry = {}
+        for key, value in first.items():
+            values = [r[name][key] for r in ranks]
+            if torch.is_tensor(value):
+                entry[key] = torch.tensor(merge([v.tolist() for v in values]), dtype=value.dtype)
+            elif key in ("seconds", "max_linf"):
+                entry[key] = max(values)
+            else:
+                entry[key] = value
+        merged[name] = entry
+    return merged
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+# ------------------------------------------------------------------------------ command line
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m fastnofrost.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="model name (fastnofrost.models.list_models())")
+    p.add_argument("--checkpoint", required=True, help="weights: safetensors or torch file (loaded safely)")
+    p.add_argument("--num-classes", type=int, default=None, help="model outputs; None: the data's classes")
+    p.add_argument("--width", type=float, default=1.0, help="model channel width multiplier")
+    p.add_argument("--data", required=True, help=f"ImageNet-layout folder or one of {', '.join(DATASETS)}")
+    p.add_argument("--data-backend", default="torch", choices=("torch", "dali-cpu", "dali-gpu"),
+                   help="decoding of folders")
+    p.add_argument("--image-size", type=int, default=224, help="validation resize + center crop")
+    p.add_argument("--workers", type=int, default=4, help="data loader processes")
+    p.add_argument("--n-examples", type=int, default=None,
+                   help="examples spread evenly over the validation set; None: all")
+    p.add_argument("--batch-size", type=int, default=128, help="examples per attack call")
+    p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
+                   help="comma list of clean,pgd,apgd-ce,apgd-dlr,mia,cw,pgd-targeted,rays,square,aa")
+    p.add_argument("--eps", type=float, default=8.0, help="L-inf radius in 1/255 units")
+    p.add_argument("--steps", type=int, default=20, help="steps of pgd, mia, cw, pgd-targeted (PGD-20)")
+    p.add_argument("--apgd-steps", type=int, default=APGD.steps, help="iterations of apgd-ce, apgd-dlr")
+    p.add_argument("--rays-queries", type=int, default=RayS.queries, help="RayS queries per example")
+    p.add_argument("--square-queries", type=int, default=Square.queries, help="Square queries per example")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="model precision in attacks")
+    p.add_argument("--seed", type=int, default=0, help="random starts, targets, Square windows, AutoAttack")
+    p.add_argument("--metrics", default="", help="comma list of thickness,margin,smoothness, or all; empty: none")
+    p.add_argument("--thickness-eps", type=float, default=thickness.EPS, help="L2 radius of the thickness PGD")
+    p.add_argument("--thickness-step", type=float, default=thickness.STEP, help="L2 step of the thickness PGD")
+    p.add_argument("--thickness-steps", type=int, default=thickness.STEPS, help="steps of the thickness PGD")
+    p.add_argument("--thickness-points", type=int, default=thickness.POINTS, help="points on each segment")
+    p.add_argument("--margin-max-radius", type=float, default=margin.MAX_RADIUS, help="largest L2 radius searched")
+    p.add_argument("--margin-steps", type=int, default=margin.STEPS, help="L2 PGD steps per probe")
+    p.add_argument("--margin-search-steps", type=int, default=margin.SEARCH_STEPS, help="bisections of the radius")
+    for name, title in TITLES.items():
+        p.add_argument(f"--{name}", metavar="DIR", default=None, help=f"{title} folder")
+    p.add_argument("--class-index", default=None,
+                   help="file of the model's wnids in output order; None: sorted class folders of --data/train")
+    p.add_argument("--shift-examples", type=int, default=None, help="examples spread over each shift split; None: all")
+    p.add_argument("--out", default=None, help="report folder; None: eval_<model>_<date-time>")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"),
+                   help="cuda: the rank's GPU under a launcher")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed's
+    args = p.parse_args(argv)
+    try:
+        check_args(args)
+    except ValueError as err:
+        p.error(str(err))
+    return args
+
+
+def check_args(args) -> None:
+    """One clear sentence for the first bad option, before any work starts."""
+    from .models import list_models
+
+    def need(ok, message):
+        if not ok:
+            raise ValueError(message)
+
+    need(args.model in list_models(), f"--model {args.model!r} is unknown; choose one of {', '.join(list_models())}")
+    need(os.path.isfile(args.checkpoint), f"--checkpoint {args.checkpoint!r} is not a file")
+    need(os.path.isdir(args.data) or args.data in DATASETS,
+         f"--data {args.data!r} is neither a folder nor one of {', '.join(DATASETS)}")
+    need(0 < args.eps <= 255, f"--eps must be in (0, 255] (1/255 units), got {args.eps}")
+    for option in ("steps", "apgd_steps", "rays_queries", "square_queries", "batch_size", "image_size",
+                   "thickness_steps", "margin_steps"):
+        need(getattr(args, option) >= 1, f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+    for option in ("n_examples", "shift_examples", "num_classes"):
+        value = getattr(args, option)
+        need(value is None or value >= 1, f"--{option.replace('_', '-')} must be >= 1, got {value}")
+    need(args.width > 0, f"--width must be > 0, got {args.width}")
+    need(args.thickness_points >= 2, f"--thickness-points must be >= 2, got {args.thickness_points}")
+    need(args.margin_search_steps >= 0, f"--margin-search-steps must be >= 0, got {args.margin_search_steps}")
+    for option in ("thickness_eps", "thickness_step", "margin_max_radius"):
+        need(getattr(args, option) > 0, f"--{option.replace('_', '-')} must be > 0, got {getattr(args, option)}")
+    need(args.device == "cpu" or torch.cuda.is_available(), "--device cuda needs a CUDA device; none is visible")
+    need(args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
+    check_names(args.attacks.split(","))
+    check_metric_names(args.metrics.split(","))
+    shift_plan(args)  # folder layouts and class index
+
+
+def shift_plan(args):
+    """({set: folder}, class index, splits) of the requested distribution-shift sets."""
+    sets = {name: getattr(args, name.replace("-", "_")) for name in TITLES}
+    sets = {name: root for name, root in sets.items() if root is not None}
+    if not sets:
+        return sets, None, []
+    index = read_class_index(args.class_index) if args.class_index else class_index_of_folder(args.data)
+    return sets, index, plan_shift(sets, index)
+
+
+def metric_overrides(args) -> Dict[str, dict]:
+    return {"thickness": dict(eps=args.thickness_eps, step=args.thickness_step, steps=args.thickness_steps,
+                              n_points=args.thickness_points),
+            "margin": dict(max_radius=args.margin_max_radius, steps=args.margin_steps,
+                           search_steps=args.margin_search_steps)}
+
+
+def run(args, argv: Sequence[str] = ()) -> dict:
+    """The evaluation the options describe; rank 0 prints and writes the report."""
+    from .models import create_model, load_checkpoint
+
+    device = init_from_env(args.device) if launched() else torch.device(args.device)
+    rank, world = rank_and_world()
+    sets, class_index, splits = shift_plan(args)
+    loader, n = validation_loader(args.data, backend=args.data_backend, image_size=args.image_size,
+                                  batch_size=args.batch_size, n_examples=args.n_examples, rank=rank, world=world,
+                                  device=device, workers=args.workers)
+    model = create_model(args.model, num_classes=args.num_classes or loader.num_classes, width=args.width)
+    load_checkpoint(model, args.checkpoint)
+    model.to(device).eval()
+    if splits:
+        check_outputs(splits, class_index, args.num_classes or loader.num_classes)
+    meta = {"model": args.model, "checkpoint": args.checkpoint, "data": args.data,
+            "command": " ".join(["python -m fastnofrost.evaluate", *argv])}
+    report = evaluate(model, loader, args.attacks.split(","), eps=args.eps / 255, steps=args.steps,
+                      apgd_steps=args.apgd_steps, rays_queries=args.rays_queries, square_queries=args.square_queries,
+                      seed=args.seed, precision=args.precision, batch_size=args.batch_size, n_examples=n,
+                      metrics=args.metrics.split(","), metric_settings=metric_overrides(args),
+                      device=device, progress=not args.no_progress, meta=meta)
+    if sets:
+        report["shift"] = evaluate_shift(model, sets, class_index, image_size=args.image_size,
+                                         batch_size=args.batch_size, n_examples=args.shift_examples,
+                                         workers=args.workers, device=device, precision=args.precision,
+                                         progress=not args.no_progress and rank == 0)
+    if rank == 0:
+        out = args.out or f"eval_{args.model}_{time.strftime('%Y%m%d-%H%M%S')}"
+        paths = write_report(report, out)
+        print(to_markdown(report))
+        for warning in report["warnings"]:
+            print(f"WARNING: {warning}", file=sys.stderr)
+        print(f"report written to {paths['json']} and {paths['md']}", file=sys.stderr)
+    return report
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    try:
+        return run(args, argv)
+    finally:
+        finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The evaluation report: numbers from per-sample results, the gradient-masking warning, and the
+Markdown / JSON files.
+
+* Robust accuracy under an attack counts an example when it is classified correctly both clean
+  and attacked (the clean input is inside every eps-ball, so an attacker may keep it).
+* Worst case (white-box): correct clean and under every white-box attack run, per example;
+  worst case (all): correct under every attack run, AutoAttack and black-box ones included.
+* Masking warning: when PGD's robust accuracy exceeds AutoAttack's by more than
+  ``MASKING_GAP`` points, gradients are likely masked (obfuscated) and PGD overstates
+  robustness; as seen for the released NoFrost ResNet-50 (22% PGD, 1.3% AutoAttack).
+"""
+import json
+import math
+import os
+from typing import Dict, List, Optional
+
+import torch
+
+from .attacks import BLACK_BOX, MENU, WHITE_BOX, AttackSettings, label
+
+MASKING_GAP = 5.0  # percentage points
+
+
+def _pct(mask: torch.Tensor) -> float:
+    return 100.0 * mask.double().mean().item() if mask.numel() else 0.0
+
+
+def attack_rows(results: Dict[str, dict], settings: AttackSettings) -> Dict[str, dict]:
+    """One row per attack run: robust accuracy, n, time, examples/s, largest L-inf distance."""
+    clean = results["clean"]["correct"]
+    rows = {}
+    for name, res in results.items():
+        robust = clean if name == "clean" else clean & res["correct"]
+        n, seconds = robust.numel(), res["seconds"]
+        rows[name] = {
+            "label": label(name, settings), "kind": MENU[name][1], "accuracy": _pct(robust), "n": n,
+            "seconds": seconds, "examples_per_s": n / seconds if seconds > 0 else None,
+            "max_linf": res.get("max_linf", 0.0),
+            "settings": {} if name == "clean" else settings.kwargs(name),
+        }
+    return rows
+
+
+def worst_case(results: Dict[str, dict]) -> Dict[str, Optional[dict]]:
+    """Per-example worst case over the white-box attacks run, and over all attacks run."""
+    groups = {"white-box": [n for n in results if MENU[n][1] == WHITE_BOX],
+              "all": [n for n in results if n != "clean"]}
+    out = {}
+    for group, names in groups.items():
+        robust = results["clean"]["correct"].clone()
+        for name in names:
+            robust &= results[name]["correct"]
+        out[group] = {"accuracy": _pct(robust), "attacks": names} if names else None
+    return out
+
+
+def masking_warnings(rows: Dict[str, dict]) -> List[str]:
+    """The gradient-masking warning (PGD above AutoAttack by more than MASKING_GAP points)."""
+    if "pgd" not in rows or "aa" not in rows:
+        return []
+    gap = rows["pgd"]["accuracy"] - rows["aa"]["accuracy"]
+    if gap <= MASKING_GAP:
+        return []
+    return [f"{rows['pgd']['label']} robust accuracy ({rows['pgd']['accuracy']:.2f}%) exceeds AutoAttack's "
+            f"({rows['aa']['accuracy']:.2f}%) by {gap:.2f} points (> {MASKING_GAP:g}): a sign of gradient masking, "
+            "so PGD overstates this model's robustness; trust the AutoAttack number."]
+
+
+def metric_rows(metrics: Dict[str, dict]) -> Dict[str, dict]:
+    """Mean of each metric over the examples where it is finite (inf: not found)."""
+    rows = {}
+    for name, res in metrics.items():
+        values = res["values"].double()
+        finite = values[values.isfinite()]
+        rows[name] = {"mean": finite.mean().item() if finite.numel() else None, "n": finite.numel(),
+                      "not_found": values.numel() - finite.numel(), "seconds": res["seconds"],
+                      "settings": res["settings"]}
+    return rows
+
+
+def build_report(results: Dict[str, dict], settings: AttackSettings, metrics: Dict[str, dict], meta: dict) -> dict:
+    """The report dict (written as report.json) from merged per-sample results."""
+    rows = attack_rows(results, settings)
+    return {"meta": meta, "n_examples": rows["clean"]["n"], "eps": settings.eps, "eps_255": settings.eps * 255,
+            "settings": settings.as_dict(), "attacks": rows, "worst_case": worst_case(results),
+            "metrics": metric_rows(metrics), "warnings": masking_warnings(rows)}
+
+
+# ------------------------------------------------------------------------------ Markdown
+
+def _fmt(value, digits=2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _table(header: List[str], rows: List[List[str]]) -> List[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _settings(kw: dict, skip=()) -> str:
+    return ", ".join(f"{k}={_fmt(v, 4) if isinstance(v, float) else v}" for k, v in kw.items() if k not in skip)
+
+
+def _main_table(report: dict) -> List[str]:
+    rows, worst = report["attacks"], report["worst_case"]
+    header = ["Model"] + [r["label"] for r in rows.values()]
+    values = [_fmt(r["accuracy"]) for r in rows.values()]
+    for group in ("white-box", "all"):
+        if worst[group] is not None:
+            header.append(f"Worst case ({group})")
+            values.append(_fmt(worst[group]["accuracy"]))
+    return _table(header, [[report["meta"].get("model", "model")] + values])
+
+
+def _groups_line(report: dict) -> str:
+    kinds = {}
+    for r in report["attacks"].values():
+        kinds.setdefault(r["kind"], []).append(r["label"])
+    parts = [f"{kind.capitalize()}: {', '.join(kinds[kind])}" for kind in (WHITE_BOX, BLACK_BOX) if kind in kinds]
+    parts += ["AA: AutoAttack 'standard' (APGD-CE, APGD-T, FAB-T, Square)"] if "aa" in report["attacks"] else []
+    return ("; ".join(parts) + ". " if parts else "") + (
+        "An example is robust to an attack when classified correctly both clean and attacked; worst case: "
+        "correct under every attack of the group, per example.")
+
+
+def _shift_lines(shift: dict) -> List[str]:
+    rows = []
+    for name, res in shift.items():
+        rows.append([name, _fmt(res["accuracy"]), str(res["n"])])
+        for corruption, c in res.get("corruptions", {}).items():
+            severities = ", ".join(f"{s}: {_fmt(v['accuracy'], 1)}" for s, v in c["severities"].items())
+            rows.append([f"{name} / {corruption}", _fmt(c["accuracy"]), f"{c['n']} (severity {severities})"])
+    return _table(["Data set", "Accuracy (%)", "n"], rows)
+
+
+def to_markdown(report: dict) -> str:
+    meta = report["meta"]
+    lines = [f"# Robustness evaluation: {meta.get('model', 'model')}", "",
+             f"{report['n_examples']} examples of {meta.get('data', '?')}, L-inf eps = {report['eps_255']:.4g}/255 "
+             f"in [0, 1] pixels; checkpoint {meta.get('checkpoint', '-')}; {meta.get('device', '?')}, "
+             f"{meta.get('world_size', 1)} process(es), torch {meta.get('torch', '?')}.", "",
+             "## Robust accuracy (%)", ""] + _main_table(report) + ["", _groups_line(report), ""]
+    for warning in report["warnings"]:
+        lines += [f"> **WARNING: {warning}**", ""]
+    lines += ["## Attacks", ""]
+    lines += _table(["Attack", "Kind", "Robust acc. (%)", "n", "max L-inf (x 1/255)", "Time (s)", "Examples/s",
+                     "Settings"],
+                    [[r["label"], r["kind"], _fmt(r["accuracy"]), str(r["n"]), _fmt(r["max_linf"] * 255, 3),
+                      _fmt(r["seconds"], 1), _fmt(r["examples_per_s"], 1), _settings(r["settings"], skip=("eps",))]
+                     for r in report["attacks"].values()])
+    if report["metrics"]:
+        lines += ["", "## Model properties", ""]
+        lines += _table(["Metric", "Mean", "n", "Not found", "Time (s)", "Settings"],
+                        [[name, _fmt(m["mean"], 4), str(m["n"]), str(m["not_found"]), _fmt(m["seconds"], 1),
+                          _settings(m["settings"])] for name, m in report["metrics"].items()])
+    if report.get("shift"):
+        lines += ["", "## Distribution shift (clean accuracy)", ""] + _shift_lines(report["shift"])
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out_dir: str) -> Dict[str, str]:
+    """``out_dir/report.json`` and ``out_dir/report.md``; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(out_dir, "report.json"), "md": os.path.join(out_dir, "report.md")}
+    with open(paths["json"], "w") as f:
+        json.dump(report, f, indent=2, allow_nan=False)
+        f.write("\n")
+    with open(paths["md"], "w") as f:
+        f.write(to_markdown(report))
+    return paths
