@@ -568,3 +568,20 @@ def test_bad_function_arguments(digits):
         apgd(model, x, y, EPS, 5, loss="dlr", targeted=True, n_target_classes=10)
     with pytest.raises(ValueError, match="images"):
         square(model, x.flatten(1), y, EPS)
+
+
+def test_model_without_input_gradient_gets_zero_gradient():
+    """A non-differentiable front (a hard threshold) leaves white-box attacks without a gradient:
+    they must run (and find nothing), so the evaluation can expose the masking."""
+    class Thresholded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.front, self.head = nn.Linear(16, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head((self.front(x.flatten(1)) > 0).float())
+
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    x_adv = pgd(Thresholded(), x, y, 0.1, 3, random_start=False)
+    assert torch.equal(x_adv, x)

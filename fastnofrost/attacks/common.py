@@ -134,6 +134,8 @@ def input_gradient(forward, x_adv: torch.Tensor, objective, precision: Precision
     x_adv.requires_grad_(True)
     logits = precision.logits(forward, x_adv)
     values = objective(logits)
+    if not values.requires_grad:  # no differentiable path from the input (a step, a round): zero gradient
+        return values.detach(), logits.detach(), torch.zeros_like(x_adv)
     (grad,) = torch.autograd.grad(values.sum() * precision.loss_scale, x_adv)
     if precision.name == "fp16":  # an overflow gives inf (whose sign is fine) or nan: no step there
         grad = torch.nan_to_num(grad, nan=0.0)
