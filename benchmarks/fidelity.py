@@ -260,6 +260,7 @@ def comparisons(results: dict) -> list:
 # ---------------------------------------------------------------------- report
 
 def row_label(row: Row, result: dict) -> str:
+    """The method's name in the table; MBNAT's names its gamma."""
     return f"{row.label} (gamma {result['gamma']:g})" if "gamma" in result else row.label
 
 
@@ -288,6 +289,7 @@ def table(rows, results: dict, eps: float, data: str, n: int, n_aa: int) -> str:
 
 
 def comparison_text(lines: list) -> str:
+    """One sentence per entry of :func:`comparisons`."""
     text = []
     for c in lines:
         if c["baseline"] == "mbnat_curve_at_nofrost_pgd20":
@@ -337,6 +339,7 @@ def figure(rows, results: dict, path: Path, title: str) -> None:
 
 
 def machine(device: str) -> dict:
+    """Device, versions, core count and the load average at the start."""
     info = dict(device=device, torch=torch.__version__, fastnofrost=fastnofrost.__version__,
                 python=platform.python_version(), cores=os.cpu_count(), load_start=os.getloadavg())
     if device == "cuda":
