@@ -40,15 +40,6 @@ class DigitsNet(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Tiny convolutions on 2 shared cores: one thread is 5x faster than OpenMP contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def digits(one_thread):
     """(model, x_test, y_test): DigitsNet trained 15 epochs on 1197 digits, 600 held out."""
     datasets = pytest.importorskip("sklearn.datasets")

@@ -18,13 +18,7 @@ SHAPE = (3, 10, 10)
 BAND = math.log(7.0)  # p_i - p_j in (0, 0.75)  <=>  s in (0, 2 artanh 0.75) = (0, ln 7)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on 2 shared cores: one thread avoids OpenMP contention (100x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 class TwoClassLinear(nn.Module):
