@@ -390,6 +390,20 @@ def test_compile_step_matches_eager(digits):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
+def test_compile_step_standardizes_once(digits):
+    """A compiled attack also runs the WS kernel once per layer per attack, not once per step:
+    the weights are standardized eagerly and enter the compiled graph as inputs. Counted with
+    the profiler, which also sees the kernel when inductor's compiled code calls it."""
+    model, x, y = digits
+    model, x, y = copy.deepcopy(model), x[:16], y[:16]
+    torch._dynamo.reset()
+    for _ in range(2):  # the first attack compiles, the second reuses the graph
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            pgd(model, x, y, EPS, 4, 0.03, random_start=False, compile_step=True)
+        calls = sum(e.count for e in prof.key_averages() if e.key == "fastnofrost::ws_forward")
+        assert calls == len(ws_layers(model)), (calls, len(ws_layers(model)))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision, compile_step", [("bf16", False), ("fp16", False), ("fp32", "reduce-overhead"),
                                                      ("bf16", "reduce-overhead")])

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..nn import frozen_weights
+from ..nn import fill_cache, frozen_weights
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FP16_LOSS_SCALE = 1024.0
@@ -142,20 +142,20 @@ def input_gradient(forward, x_adv: torch.Tensor, objective, precision: Precision
     return values.detach(), logits.detach(), grad
 
 
-def compiled(model: nn.Module, compile_step):
+def compiled(model: nn.Module, compile_step, precision: Precision, device_type: str):
     """The model forward of one attack step: eager, or torch.compile'd (``True`` or a
     torch.compile mode such as 'reduce-overhead', which uses CUDA graphs on CUDA).
 
-    A compiled step runs outside the frozen-weights cache (``attack_mode(model,
-    cache_weights=False)``): traced through the cache's bookkeeping (parameter ids and
-    versions, a WeakSet), dynamo breaks the graph at every layer and recompiles per layer, and
-    under CUDA graphs a cached weight produced inside the graph is overwritten by the next
-    replay (seen on an H100: "accessing tensor output of CUDAGraphs that has been overwritten").
-    The compiled graph standardizes the (frozen) weights itself, one fused pass over the
-    weights per step; still no weight gradient, as the parameters do not require grad.
+    Called inside :func:`attack_mode`. For a compiled step the standardized weights are
+    computed here, eagerly, under the attack's precision (:func:`~fastnofrost.nn.fill_cache`);
+    the compiled graph takes them as inputs. So a compiled attack also standardizes each
+    weight once, one graph serves every attack whatever the weights, and under CUDA graphs the
+    cached weights are never outputs of a graph that a later replay overwrites.
     """
     if compile_step is False:
         return model
+    with precision.autocast(device_type):
+        fill_cache(model)
     return torch.compile(model, mode=None if compile_step is True else compile_step)
 
 

@@ -45,8 +45,8 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, steps: in
             loop ends when no sample moves.
         precision: 'fp32', 'bf16' or 'fp16' (autocast; fp16 with ``loss_scale``, default 1024).
         compile_step: torch.compile the model forward of a step (True, or a mode such as
-            'reduce-overhead' for CUDA graphs); the compiled graph standardizes the frozen
-            weights itself (see :func:`~fastnofrost.attacks.common.compiled`).
+            'reduce-overhead' for CUDA graphs); the weights are still standardized once per
+            attack (see :func:`~fastnofrost.attacks.common.compiled`).
         generator: torch.Generator (CPU) for the random start and random targets.
         return_success: also return success of the final x_adv (one extra forward).
     """
@@ -62,8 +62,8 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, steps: in
     prec = Precision(precision, loss_scale)
     objective = Objective(loss, y, target, confidence, generator)
 
-    with attack_mode(model, cache_weights=not compile_step):
-        forward = compiled(model, compile_step)
+    with attack_mode(model):
+        forward = compiled(model, compile_step, prec, x.device.type)
         x = x.detach()
         if loss == "kl":
             with torch.no_grad():

@@ -6,6 +6,15 @@ until the context exits or the weight / gain is modified in place (version count
 replaced. Adversarial attacks run K forwards and backwards with fixed parameters; this
 turns K weight standardizations per layer into one and removes every weight-gradient path.
 The cache also keeps the copy in the autocast dtype, so no per-step weight cast remains.
+
+Under ``torch.compile`` call :func:`fill_cache` eagerly first (the attack loop does so for a
+compiled step): the traced forward then only reads the cache, without version checks (the
+parameters must not change inside a compiled attack), and takes the standardized weights as
+graph inputs. So a compiled attack keeps the WS-once property, one graph serves every later
+attack (new weights, same graph) and, under CUDA graphs, no graph owns the cached tensors.
+Do not trace an unfilled cache: the graph would guard on parameter versions (a recompile
+per weight update) and, under CUDA graphs, the cache would hold graph outputs that a later
+replay overwrites.
 """
 import contextlib
 import weakref
@@ -32,6 +41,8 @@ def cached_weight(layer, compute):
     The key holds every parameter's identity and version plus the autocast dtype, so an
     optimizer step or a ``load_state_dict`` inside the context invalidates the cache.
     """
+    if torch.compiler.is_compiling() and getattr(layer, "_frozen_cache", None) is not None:
+        return layer._frozen_cache[1]  # filled eagerly by fill_cache; no bookkeeping to trace
     params = [p for p in (layer.weight, getattr(layer, "gain", None)) if p is not None]
     device_type = layer.weight.device.type
     cast = _autocast_dtype(device_type)
@@ -46,6 +57,16 @@ def cached_weight(layer, compute):
     layer.__dict__["_frozen_cache"] = (key, w)
     _cached_layers.add(layer)
     return w
+
+
+def fill_cache(model: torch.nn.Module) -> None:
+    """Standardize every weight of ``model`` now, eagerly and under the caller's autocast, so
+    that a compiled forward inside this frozen context finds them (see the module doc)."""
+    if not is_frozen():
+        raise RuntimeError("fill_cache(model) only works inside `with frozen_weights():`")
+    for module in model.modules():
+        if hasattr(module, "standardized_weight"):
+            module.standardized_weight()
 
 
 @contextlib.contextmanager
