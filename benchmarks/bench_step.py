@@ -138,9 +138,17 @@ _base = importlib.import_module("fastnofrost.methods.base")      # the methods' 
 _std_conv = importlib.import_module("fastnofrost.nn.std_conv")   # the WS layers
 
 
+@contextlib.contextmanager
 def no_ws_cache():
-    """The attack standardizes every weight at every step (attack_mode(cache_weights=False))."""
-    return mock.patch.object(_pgd, "attack_mode", lambda model, cache_weights=True: attack_mode(model, False))
+    """The attack standardizes every weight at every step (attack_mode(cache_weights=False)); a
+    compiled step then standardizes inside its graph."""
+    def uncached_compiled(model, compile_step, precision, device_type):
+        return model if compile_step is False else torch.compile(
+            model, mode=None if compile_step is True else compile_step)
+
+    with mock.patch.object(_pgd, "attack_mode", lambda model, cache_weights=True: attack_mode(model, False)), \
+            mock.patch.object(_pgd, "compiled", uncached_compiled):
+        yield
 
 
 @contextlib.contextmanager
@@ -163,6 +171,8 @@ def weight_grads_in_loop():
     leaves = {}  # layer -> its cached standardized weight
 
     def cached_leaf(layer, compute):
+        if torch.compiler.is_compiling():  # a compiled step reads the leaves fill_cache made eagerly
+            return cached_weight(layer, compute)
         leaves[layer] = cached_weight(layer, compute).requires_grad_(True)
         return leaves[layer]
 
@@ -194,8 +204,7 @@ def unfused_pgd():
 
 
 ABLATIONS = {  # name: (what is removed, Setup -> Setup, or None where ours does not use it)
-    "no-ws-cache": ("WS cached per attack: standardize every PGD step",
-                    lambda s: None if s.compile_step else s.patched(no_ws_cache)),
+    "no-ws-cache": ("WS cached per attack: standardize every PGD step", lambda s: s.patched(no_ws_cache)),
     "weight-grads": ("no weight grads in the loop: params require grad, each step differentiates them",
                      lambda s: s.patched(weight_grads_in_loop)),
     "two-forwards": ("one clean+adv forward: two forwards", lambda s: s.patched(two_forwards)),
