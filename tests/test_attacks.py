@@ -392,16 +392,23 @@ def test_compile_step_matches_eager(digits):
 
 def test_compile_step_standardizes_once(digits):
     """A compiled attack also runs the WS kernel once per layer per attack, not once per step:
-    the weights are standardized eagerly and enter the compiled graph as inputs. Counted with
-    the profiler, which also sees the kernel when inductor's compiled code calls it."""
+    the weights are standardized eagerly into persistent tensors that enter the compiled graph
+    as inputs. Counted with the profiler, which also sees the kernel when inductor's compiled
+    code calls it."""
     model, x, y = digits
     model, x, y = copy.deepcopy(model), x[:16], y[:16]
     torch._dynamo.reset()
+    addresses = []
     for _ in range(2):  # the first attack compiles, the second reuses the graph
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             pgd(model, x, y, EPS, 4, 0.03, random_start=False, compile_step=True)
         calls = sum(e.count for e in prof.key_averages() if e.key == "fastnofrost::ws_forward")
         assert calls == len(ws_layers(model)), (calls, len(ws_layers(model)))
+        addresses.append([layer._frozen_store.data_ptr() for layer in ws_layers(model)])
+        with torch.no_grad():  # an optimizer step between two attacks
+            model.c2.weight.mul_(-1.0)
+    # the graph's weight inputs stay at one address per layer (CUDA graphs would re-record otherwise)
+    assert addresses[0] == addresses[1]
 
 
 @pytest.mark.gpu

@@ -61,12 +61,25 @@ def cached_weight(layer, compute):
 
 def fill_cache(model: torch.nn.Module) -> None:
     """Standardize every weight of ``model`` now, eagerly and under the caller's autocast, so
-    that a compiled forward inside this frozen context finds them (see the module doc)."""
+    that a compiled forward inside this frozen context finds them (see the module doc).
+
+    The standardized weights are written into one persistent tensor per layer, kept across
+    contexts (one weight-sized copy in the attack dtype), so every attack hands the compiled
+    graph the same addresses: CUDA graphs treat module tensors as static inputs and would
+    otherwise re-record a graph whenever a new cache lands elsewhere in memory.
+    """
     if not is_frozen():
         raise RuntimeError("fill_cache(model) only works inside `with frozen_weights():`")
     for module in model.modules():
-        if hasattr(module, "standardized_weight"):
-            module.standardized_weight()
+        if not hasattr(module, "standardized_weight"):
+            continue
+        w = module.standardized_weight()
+        store = module.__dict__.get("_frozen_store")
+        if store is None or (store.shape, store.dtype, store.device) != (w.shape, w.dtype, w.device):
+            module.__dict__["_frozen_store"] = w
+        elif store is not w:
+            store.copy_(w)
+            module.__dict__["_frozen_cache"] = (module.__dict__["_frozen_cache"][0], store)
 
 
 @contextlib.contextmanager
