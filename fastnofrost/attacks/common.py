@@ -148,9 +148,10 @@ def compiled(model: nn.Module, compile_step, precision: Precision, device_type: 
 
     Called inside :func:`attack_mode`. For a compiled step the standardized weights are
     computed here, eagerly, under the attack's precision (:func:`~fastnofrost.nn.fill_cache`);
-    the compiled graph takes them as inputs. So a compiled attack also standardizes each
-    weight once, one graph serves every attack whatever the weights, and under CUDA graphs the
-    cached weights are never outputs of a graph that a later replay overwrites.
+    the compiled graph takes them as inputs, at the same address every attack. So a compiled
+    attack also standardizes each weight once, one graph serves every attack whatever the
+    weights, and under CUDA graphs the cached weights are neither outputs of a graph that a
+    later replay overwrites nor moving static inputs that would force a re-recording.
     """
     if compile_step is False:
         return model
