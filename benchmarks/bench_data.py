@@ -6,10 +6,10 @@ The folder is generated from scikit-learn's sample photos (fastnofrost.data.samp
 classes of JPEG/PNG crops up to 400x400 pixels. Backends: torch (PIL + DataLoader workers),
 dali-cpu, synthetic, and dali-gpu when CUDA is present; with CUDA every batch ends on the
 GPU. Each backend runs one warm-up epoch, then --epochs timed epochs; the median is reported.
-Prints a table and writes JSON to benchmarks/results/<device>/bench_data.json.
+Prints a table and writes JSON to benchmarks/results/<device>/bench_data[_nofrost_star].json
+($OUT when set).
 """
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -20,6 +20,7 @@ import torch
 
 from fastnofrost.data import build_loader
 from fastnofrost.data.samples import make_image_folder
+from results_io import save_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def time_epochs(loader, epochs, device):
@@ -58,7 +59,6 @@ def main():
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers / DALI threads")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--nofrost-star", action="store_true", help="also cut the texture-debiased view")
-    p.add_argument("--out", default=None)
     args = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,11 +93,7 @@ def main():
     record = dict(benchmark="bench_data", device=device_name(device), cpu_count=os.cpu_count(),
                   platform=platform.platform(), torch=torch.__version__, dali=dali_version,
                   config=vars(args) | {"files": n_files}, results=results)
-    out = args.out or os.path.join(os.path.dirname(__file__), "results", device_name(device), "bench_data.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"wrote {out}")
+    save_result("bench_data_nofrost_star.json" if args.nofrost_star else "bench_data.json", device_name(device), record)
 
 
 if __name__ == "__main__":

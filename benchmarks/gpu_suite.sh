@@ -13,7 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-OUT=${OUT:-benchmarks/results/cuda}
+export OUT=${OUT:-benchmarks/results/cuda}
 BUDGET=${FNF_SUITE_BUDGET:-520}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_suite.log"
@@ -23,7 +23,7 @@ step() { echo "== $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; local rc=${PIP
 bench() {
   local keep=$1; shift
   local left=$(( BUDGET - SECONDS - keep )); [ $left -ge 60 ] || left=60
-  OUT="$OUT" step timeout "$left" "$@"
+  step timeout "$left" "$@"
   [ $? -ne 124 ] || echo "== stopped after ${left}s (suite budget ${BUDGET}s): its JSON keeps the rows measured" | tee -a "$LOG"
 }
 
@@ -48,9 +48,9 @@ step $PY -m pip install -q --no-build-isolation --no-deps --no-index -e . || { e
 step $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_ops_ws.py tests/test_ops_pgd.py tests/test_std_conv.py
 step $PY -m pytest -q -p no:cacheprovider tests/test_models.py
 step $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_attacks.py
-OUT="$OUT" step $PY benchmarks/bench_kernels.py
-OUT="$OUT" step $PY benchmarks/bench_attack.py --compile reduce-overhead
-step $PY benchmarks/bench_data.py --workers 8 --epochs 2 --out "$OUT/bench_data.json"
+step $PY benchmarks/bench_kernels.py
+step $PY benchmarks/bench_attack.py --compile reduce-overhead
+step $PY benchmarks/bench_data.py --workers 8 --epochs 2
 # training steps at 224, batch 128: ours (bf16, CUDA-graph attack step) vs the reference recipe, then
 # nf_resnet50, then ours minus each optimization (eager: each compiled variant would compile anew)
 bench 200 $PY benchmarks/bench_step.py --device cuda --model nf_resnet26 --compile --engines ours,reference,no-compile
