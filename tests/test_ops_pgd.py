@@ -17,7 +17,7 @@ STEP_ATOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, tor
 
 def step64(x_adv, grad, x, alpha, eps, lo, hi):
     xa, g, xx = (t.double() for t in (x_adv, grad, x))
-    v = xa + alpha * torch.sign(g)
+    v = xa + alpha * torch.where(g.isnan(), g, torch.sign(g))  # a NaN gradient is not silently no step
     v = torch.where(v < xx - eps, xx - eps, v)
     v = torch.where(v > xx + eps, xx + eps, v)
     return v.clamp(lo, hi)
@@ -49,6 +49,24 @@ def test_step_cpu(shape, dtype):
     inplace = x_adv.clone()
     pgd_step_(inplace, grad, x, alpha, eps)
     assert torch.equal(inplace, out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_step_special_gradients(dtype):
+    """NaN, +-inf, -0.0 and subnormal gradients: a NaN gradient gives a NaN pixel (not a silent
+    no-step as torch.sign's 0 would), infinities a full step, zeros none; fused and reference
+    alike, over a length that covers the vectorized body and the scalar tail."""
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 1e-40, -1e-40, 3.0],
+                           dtype=torch.float64)
+    n = 8 * 37 + 5
+    x_adv, _, x = make((n,), dtype)
+    grad = special.repeat(38)[:n].to(dtype)
+    out = torch.ops.fastnofrost.pgd_step(x_adv, grad, x, 0.01, 0.03, 0.0, 1.0)
+    ref = step64(x_adv, grad, x, 0.01, 0.03, 0.0, 1.0).to(dtype)
+    torch.testing.assert_close(out, ref, atol=STEP_ATOL[dtype], rtol=0, equal_nan=True)
+    torch.testing.assert_close(pgd_step(x_adv, grad, x, 0.01, 0.03, backend="reference"), ref,
+                               atol=STEP_ATOL[dtype], rtol=0, equal_nan=True)
+    assert out.isnan().sum() == grad.isnan().sum() > 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -195,6 +213,19 @@ def test_triton_step(shape, dtype):
     inplace = x_adv.clone()
     tpgd.pgd_step_(inplace, grad, x, 0.01, 0.03, 0.0, 1.0)
     assert torch.equal(inplace, out)
+
+
+def test_triton_step_special_gradients():
+    """The Triton step treats NaN / inf / signed-zero gradients as the CPU kernel does."""
+    from fastnofrost.triton_kernels import pgd as tpgd
+
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 3.0, -3.0])
+    x_adv, _, x = make((7 * 9,), torch.float32)
+    grad = special.repeat(9)
+    out = tpgd.pgd_step(x_adv.to(_dev()), grad.to(_dev()), x.to(_dev()), 0.01, 0.03, 0.0, 1.0).cpu()
+    torch.testing.assert_close(out, torch.ops.fastnofrost.pgd_step(x_adv, grad, x, 0.01, 0.03, 0.0, 1.0),
+                               atol=1e-6, rtol=0, equal_nan=True)
+    assert out.isnan().sum() == 9
 
 
 def test_triton_layouts():

@@ -4,8 +4,10 @@
     pgd_step_:         the same, written into x_adv
     pgd_random_start:  clip(x + U(-eps, eps), lo, hi)   (Philox, keyed by a seed drawn from torch's RNG)
 
-A negative ``alpha`` steps against the gradient (targeted attacks). No autograd: the step
-is applied to detached tensors between gradient computations.
+A negative ``alpha`` steps against the gradient (targeted attacks). A NaN gradient gives a NaN
+pixel on every backend (sign(NaN) = NaN; torch.sign alone would give 0 and silently not move
+the pixel), so a broken gradient surfaces at the next loss. No autograd: the step is applied
+to detached tensors between gradient computations.
 """
 import torch
 

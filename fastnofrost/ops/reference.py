@@ -24,10 +24,12 @@ def scaled_weight_standardization(weight, gain=None, scale: float = 1.0, eps: fl
 
 
 def pgd_step(x_adv, grad, x, alpha: float, eps: float, lo: float = 0.0, hi: float = 1.0):
-    """clip(clip(x_adv + alpha * sign(grad), x - eps, x + eps), lo, hi)."""
+    """clip(clip(x_adv + alpha * sign(grad), x - eps, x + eps), lo, hi); a NaN gradient gives
+    a NaN pixel, as in the fused kernels (torch.sign alone would map NaN to 0)."""
     acc = _acc_dtype(x_adv.dtype)
     xf = x.to(acc)
-    v = x_adv.to(acc) + alpha * grad.to(acc).sign()
+    g = grad.to(acc)
+    v = x_adv.to(acc) + alpha * torch.where(g.isnan(), g, g.sign())
     v = torch.minimum(torch.maximum(v, xf - eps), xf + eps)
     return v.clamp(lo, hi).to(x_adv.dtype)
 

@@ -11,15 +11,20 @@
 namespace fastnofrost {
 namespace {
 
+// Branch-free forms (selects, not std::min/std::max references or nested ternaries) so that the
+// step loop vectorizes. A NaN gradient gives a NaN pixel (sign(NaN) = NaN, and a NaN survives
+// the clips), as in the Triton kernel: a broken gradient shows up downstream (training's
+// non-finite loss check) instead of silently freezing the pixel as torch.sign's 0 would.
 template <typename acc_t>
 inline acc_t sign_of(acc_t g) {
-  // torch.sign semantics: NaN stays NaN, +-0 -> 0.
-  return g != g ? g : static_cast<acc_t>((g > 0) - (g < 0));
+  const acc_t s = static_cast<acc_t>(g > 0) - static_cast<acc_t>(g < 0);
+  return g != g ? g : s;
 }
 
 template <typename acc_t>
 inline acc_t clip(acc_t v, acc_t lo, acc_t hi) {
-  return std::min(std::max(v, lo), hi);
+  v = v < lo ? lo : v;
+  return v > hi ? hi : v;
 }
 
 template <typename scalar_t>
@@ -31,9 +36,8 @@ void pgd_step_kernel(const scalar_t* xa, const scalar_t* g, const scalar_t* x, s
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
       const acc_t xi = static_cast<acc_t>(x[i]);
-      acc_t v = static_cast<acc_t>(xa[i]) + alpha * sign_of(static_cast<acc_t>(g[i]));
-      v = clip(v, xi - eps, xi + eps);
-      out[i] = static_cast<scalar_t>(clip(v, lo, hi));
+      const acc_t v = static_cast<acc_t>(xa[i]) + alpha * sign_of(static_cast<acc_t>(g[i]));
+      out[i] = static_cast<scalar_t>(clip(clip(v, xi - eps, xi + eps), lo, hi));
     }
   });
 }

@@ -23,8 +23,10 @@ def _pgd_step_kernel(XA, G, X, OUT, n, alpha, eps, lo, hi, BLOCK: tl.constexpr):
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     sign = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, tl.where(g != g, g, 0.0)))
     v = xa + alpha * sign
-    v = tl.minimum(tl.maximum(v, x - eps), x + eps)
-    v = tl.minimum(tl.maximum(v, lo), hi)
+    # a NaN gradient gives a NaN pixel, as on CPU (Triton's min/max would otherwise drop the NaN)
+    v = tl.minimum(tl.maximum(v, x - eps, propagate_nan=tl.PropagateNan.ALL), x + eps,
+                   propagate_nan=tl.PropagateNan.ALL)
+    v = tl.minimum(tl.maximum(v, lo, propagate_nan=tl.PropagateNan.ALL), hi, propagate_nan=tl.PropagateNan.ALL)
     tl.store(OUT + offs, v.to(OUT.dtype.element_ty), mask=mask)
 
 
