@@ -7,7 +7,12 @@ F.batch_norm WS, and torch.compile of the eager code. Medians over repeats after
 bandwidth of the same device (bytes read + bytes written). Prints a table and writes JSON
 to benchmarks/results/<device>/bench_kernels.json (or $OUT/ when OUT is set).
 
-    python benchmarks/bench_kernels.py [--device cpu|cuda] [--repeats N] [--no-compile]
+On CPU every method runs with large buffers kept in glibc's heap (keep_large_buffers, as
+train.py and bench_step do); --default-malloc leaves glibc's mmap threshold as is, where
+every fresh output of eager / compiled code is page-faulted in anew (an 8-10x penalty on
+the eager PGD step at 64x3x224x224 on a 2-core machine) while the in-place fused step is not.
+
+    python benchmarks/bench_kernels.py [--device cpu|cuda] [--repeats N] [--no-compile] [--default-malloc]
 """
 import argparse
 import os
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 import fastnofrost
 from results_io import save_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from fastnofrost.ops import reference
+from fastnofrost.training.host import keep_large_buffers
 
 GAMMA = 1.7139588594436646
 
@@ -161,12 +167,17 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--batches", default="64,256", help="PGD-step batch sizes at 3x224x224")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="CPU: leave glibc's mmap threshold as is (default: keep_large_buffers for every method)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_kernels: --device cuda but no CUDA device is visible")
     timer = Timer(args.device, args.warmup, args.repeats)
     compile_eager = not args.no_compile
     result = dict(info=describe_device(args.device))
+    if args.device == "cpu":
+        kept = not args.default_malloc and keep_large_buffers()
+        result["info"]["allocator"] = "glibc, large buffers kept in the heap" if kept else "glibc default"
     print(f"# bench_kernels on {result['info']}", flush=True)
     bw = copy_bandwidth_gbs(timer, args.device)
     result["copy_gbs"] = bw
