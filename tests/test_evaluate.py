@@ -165,6 +165,22 @@ def test_full_evaluation_report(full_report):
     assert metrics["smoothness"]["mean"] > 0
 
 
+def test_compiled_attack_steps_report_what_eager_does(model, digits):
+    """--compile-attack compiles the PGD family's step (torch.compile here on CPU): the same
+    robust accuracies as eager, and the setting is recorded in the report."""
+    torch._dynamo.reset()
+    kw = dict(eps=EPS, n_examples=32, batch_size=16, progress=False, **SMALL)
+    names = ("pgd", "mia", "cw")
+    eager = evaluate(model, digits, names, **kw)
+    compiled = evaluate(model, digits, names, compile_attack="default", **kw)
+    for name in names:
+        assert compiled["attacks"][name]["accuracy"] == eager["attacks"][name]["accuracy"], name
+    assert compiled["settings"]["compile_step"] == "default" and eager["settings"]["compile_step"] is False
+    assert eager["attacks"]["pgd"]["accuracy"] < eager["attacks"]["clean"]["accuracy"]  # informative
+    with pytest.raises(ValueError, match="compile_step"):
+        evaluate(model, digits, names, compile_attack="fast", **kw)
+
+
 def test_worst_case_is_per_example():
     t, f = True, False
     results = {"clean": {"correct": torch.tensor([t, t, t, f])}, "pgd": {"correct": torch.tensor([t, f, t, t])},
@@ -304,7 +320,7 @@ def test_command_line_end_to_end(tmp_path, capsys):
     ("--eps", "0", "--eps must be in"), ("--attacks", "pgd,fgsm", "unknown attack"),
     ("--metrics", "curvature", "unknown metric"), ("--checkpoint", "/nonexistent.pt", "is not a file"),
     ("--data", "/nonexistent", "neither a folder"), ("--model", "vit", "unknown"), ("--steps", "0", "--steps"),
-    ("--imagenet-a", "/nonexistent", "ImageNet-A folder"),
+    ("--imagenet-a", "/nonexistent", "ImageNet-A folder"), ("--compile-attack", "fast", "--compile-attack"),
 ])
 def test_bad_options_are_one_sentence_before_any_work(tmp_path, capsys, option, value, message):
     ckpt = tmp_path / "w.pt"

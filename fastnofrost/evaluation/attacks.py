@@ -17,7 +17,7 @@ Every attack is L-inf with radius ``eps`` in [0, 1] pixel space; step sizes are 
 own defaults (PGD family: min(1.25 eps, eps + 4/255) / steps).
 """
 from dataclasses import dataclass, fields
-from typing import Dict, List
+from typing import Dict, List, Union
 
 import torch
 
@@ -53,14 +53,16 @@ class AttackSettings:
     seed: int = 0
     precision: str = "fp32"
     batch_size: int = 128  # AutoAttack's inner batch
+    compile_step: Union[bool, str] = False  # PGD family (pgd, mia, cw, pgd-targeted): torch.compile the step
 
     def kwargs(self, name: str) -> dict:
         """Keyword arguments of ``get_attack`` for menu entry ``name``."""
-        family = dict(steps=self.steps, seed=self.seed, precision=self.precision)
+        family = dict(steps=self.steps, seed=self.seed, precision=self.precision, compile_step=self.compile_step)
         apgd = dict(steps=self.apgd_steps, seed=self.seed, precision=self.precision)
         kw = {
             "pgd": family, "cw": family, "pgd-targeted": family,
-            "mia": dict(steps=self.steps, precision=self.precision),  # deterministic: no random start
+            "mia": dict(steps=self.steps, precision=self.precision,  # deterministic: no random start
+                        compile_step=self.compile_step),
             "apgd-ce": apgd, "apgd-dlr": apgd,
             "rays": dict(queries=self.rays_queries, precision=self.precision),
             "square": dict(queries=self.square_queries, seed=self.seed, precision=self.precision),
