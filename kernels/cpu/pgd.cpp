@@ -46,29 +46,42 @@ inline uint32_t mulhi32(uint32_t a, uint32_t b) {
   return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
 }
 
-// Philox-4x32-10 with counter (counter, 0, 0, 0) and key = seed: four 32-bit outputs.
-inline void philox4(uint64_t seed, uint32_t counter, uint32_t out[4]) {
-  uint32_t c0 = counter, c1 = 0, c2 = 0, c3 = 0;
+// Philox-4x32-10 with counters (first + j, 0, 0, 0), j < kLanes, and key = seed: four 32-bit
+// outputs per counter, out[k][j] = output k of counter first + j. The rounds run on kLanes
+// counters side by side, a loop the compiler vectorizes.
+constexpr int kLanes = 16;
+
+inline void philox4_block(uint64_t seed, uint32_t first, uint32_t out[4][kLanes]) {
+  uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
+  for (int j = 0; j < kLanes; ++j) {
+    c0[j] = first + static_cast<uint32_t>(j);
+    c1[j] = c2[j] = c3[j] = 0;
+  }
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int r = 0; r < 10; ++r) {
-    const uint32_t p0 = c0, p2 = c2;
-    c0 = mulhi32(0xCD9E8D57u, p2) ^ c1 ^ k0;
-    c2 = mulhi32(0xD2511F53u, p0) ^ c3 ^ k1;
-    c1 = 0xCD9E8D57u * p2;
-    c3 = 0xD2511F53u * p0;
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) {
+      const uint32_t p0 = c0[j], p2 = c2[j];
+      c0[j] = mulhi32(0xCD9E8D57u, p2) ^ c1[j] ^ k0;
+      c2[j] = mulhi32(0xD2511F53u, p0) ^ c3[j] ^ k1;
+      c1[j] = 0xCD9E8D57u * p2;
+      c3[j] = 0xD2511F53u * p0;
+    }
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
+  for (int j = 0; j < kLanes; ++j) {
+    out[0][j] = c0[j];
+    out[1][j] = c1[j];
+    out[2][j] = c2[j];
+    out[3][j] = c3[j];
+  }
 }
 
 // Map 32 random bits to [0, 1) the way tl.rand does.
 inline float uniform_from_bits(uint32_t bits) {
   int32_t v = static_cast<int32_t>(bits);
-  if (v < 0) v = ~v;
+  v = v < 0 ? ~v : v;
   return static_cast<float>(v) * 4.6566127342e-10f;
 }
 
@@ -78,15 +91,20 @@ void random_start_kernel(const scalar_t* x, scalar_t* out, int64_t n, double eps
   using acc_t = acc_type<scalar_t>;
   const acc_t eps = eps_d, lo = lo_d, hi = hi_d;
   const int64_t n_counters = (n + 3) / 4;
-  at::parallel_for(0, n_counters, kElementGrain / 4, [&](int64_t begin, int64_t end) {
-    uint32_t bits[4];
-    for (int64_t c = begin; c < end; ++c) {
-      philox4(seed, static_cast<uint32_t>(c), bits);
-      const int64_t first = 4 * c, lanes = std::min<int64_t>(4, n - first);
-      for (int64_t j = 0; j < lanes; ++j) {
-        const float u = uniform_from_bits(bits[j]);
-        const acc_t noise = static_cast<acc_t>(u * 2.0f - 1.0f) * eps;
-        out[first + j] = static_cast<scalar_t>(clip(static_cast<acc_t>(x[first + j]) + noise, lo, hi));
+  // Tasks start at multiples of kLanes counters, so every block but the last is whole.
+  const int64_t n_blocks = (n_counters + kLanes - 1) / kLanes;
+  at::parallel_for(0, n_blocks, std::max<int64_t>(1, kElementGrain / (4 * kLanes)), [&](int64_t begin, int64_t end) {
+    uint32_t bits[4][kLanes];
+    float u[4 * kLanes];
+    for (int64_t b = begin; b < end; ++b) {
+      philox4_block(seed, static_cast<uint32_t>(b * kLanes), bits);
+      for (int j = 0; j < kLanes; ++j)  // element 4 c + k takes output k of counter c
+        for (int k = 0; k < 4; ++k) u[4 * j + k] = uniform_from_bits(bits[k][j]);
+      const int64_t first = 4 * kLanes * b, count = std::min<int64_t>(4 * kLanes, n - first);
+#pragma omp simd
+      for (int64_t i = 0; i < count; ++i) {
+        const acc_t noise = static_cast<acc_t>(u[i] * 2.0f - 1.0f) * eps;
+        out[first + i] = static_cast<scalar_t>(clip(static_cast<acc_t>(x[first + i]) + noise, lo, hi));
       }
     }
   });
