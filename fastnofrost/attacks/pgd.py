@@ -102,7 +102,8 @@ def _start(x, eps, random_start, generator):
         return x.clone()
     device = generator.device if generator is not None else x.device
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
-    return torch.minimum(torch.maximum(x + random_start * noise, x - eps), x + eps).clamp_(0, 1)
+    # a step of size 0 is the projection onto the eps-ball and [0, 1], by the fused op
+    return pgd_step_(x + random_start * noise, noise, x, 0.0, eps)
 
 
 def _early_stop(budget: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:

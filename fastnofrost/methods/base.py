@@ -74,6 +74,12 @@ class Method:
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, label_smoothing=self.smoothing)
 
+    def mixed(self, clean: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        """(1 - lam) CE(clean) + lam CE(adv): NoFrost's and MBNAT's loss from the two views' logits."""
+        l_clean, l_adv = self.ce(clean, y), self.ce(adv, y)
+        loss = (1 - self.lam) * l_clean + self.lam * l_adv
+        return StepOutput(loss, detached(clean=l_clean, adv=l_adv), {"clean": correct(clean, y), "adv": correct(adv, y)})
+
     @staticmethod
     def views(forward, module: nn.Module, *xs: torch.Tensor):
         """Logits of each view: one forward of the concatenation when the model has no

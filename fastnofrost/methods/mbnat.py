@@ -2,7 +2,7 @@
 the adversarial batch use the adversarial BN branch, the clean batch the clean branch;
 (1 - lambda) L(x) + lambda L(x*). Evaluate at ``set_bn_mode(model, 'mix', gamma)``."""
 from ..nn import set_bn_mode
-from .base import Method, StepOutput, correct, detached
+from .base import Method
 
 
 class MBNAT(Method):
@@ -16,6 +16,4 @@ class MBNAT(Method):
         adv = forward(x_adv)
         set_bn_mode(module, "clean")
         clean = forward(x)
-        l_clean, l_adv = self.ce(clean, y), self.ce(adv, y)
-        loss = (1 - self.lam) * l_clean + self.lam * l_adv
-        return StepOutput(loss, detached(clean=l_clean, adv=l_adv), {"clean": correct(clean, y), "adv": correct(adv, y)})
+        return self.mixed(clean, adv, y)
