@@ -15,13 +15,13 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
-from .attacks.common import check_compile_step
+from .attacks.common import PRECISIONS as ATTACK_PRECISIONS, compile_step_from_flag
+from .data import BACKENDS as DATA_BACKENDS, DATASETS
 from .methods import METHODS
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-BACKENDS = ("auto", "dali-gpu", "dali-cpu", "torch", "synthetic")
+PRECISIONS = ("auto",) + tuple(ATTACK_PRECISIONS)
+BACKENDS = ("auto",) + DATA_BACKENDS
 OPTIMIZERS = ("sgd", "adamw")
-DATASETS = ("digits", "fashion-mnist")
 
 
 def _f(default, help, flag=None, **kw):
@@ -152,7 +152,7 @@ def _problems(c: TrainConfig, world_size: int) -> List[str]:
     need(c.zero_stage in (0, 1, 2), f"--zero-stage must be 0, 1 or 2, got {c.zero_stage}")
     need(c.deepspeed_config is None or os.path.isfile(c.deepspeed_config),
          f"--deepspeed-config {c.deepspeed_config} does not exist")
-    need(c.compile_attack == "none" or _compiles(c.compile_attack),
+    need(_compiles(c.compile_attack),
          f"--compile-attack must be none, default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs, "
          f"got {c.compile_attack!r}")
     need(c.data_backend in BACKENDS, f"--data-backend must be one of {', '.join(BACKENDS)}, got {c.data_backend!r}")
@@ -178,9 +178,9 @@ def _problems(c: TrainConfig, world_size: int) -> List[str]:
     return bad
 
 
-def _compiles(mode: str) -> bool:
+def _compiles(flag: str) -> bool:
     try:
-        check_compile_step(mode)
+        compile_step_from_flag(flag)
         return True
     except ValueError:
         return False

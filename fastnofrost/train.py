@@ -23,7 +23,8 @@ if __name__ == "__main__" and __package__ in (None, ""):
 
 import torch
 
-from fastnofrost.config import ConfigError, TrainConfig, load_config
+from fastnofrost.attacks.common import compile_step_from_flag
+from fastnofrost.config import DATASETS, ConfigError, TrainConfig, load_config
 from fastnofrost.data import build_loader
 from fastnofrost.methods import AttackSettings, build_method
 from fastnofrost.models import create_model
@@ -47,7 +48,7 @@ def resolve(cfg: TrainConfig, device: torch.device):
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     backend = cfg.data_backend
     if backend == "auto":
-        backend = "dali-gpu" if device.type == "cuda" and cfg.data not in ("digits", "fashion-mnist") else "torch"
+        backend = "dali-gpu" if device.type == "cuda" and cfg.data not in DATASETS else "torch"
     if backend == "dali-gpu" and device.type != "cuda":
         raise ConfigError("--data-backend dali-gpu needs a CUDA device; use dali-cpu or torch on CPU")
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
@@ -127,7 +128,7 @@ class Trainer:
         micro = cfg.batch_size // (self.world * cfg.grad_accum)
         self.method = build_method(
             cfg.method, AttackSettings(cfg.eps_pixels, cfg.steps, cfg.alpha_pixels, self.precision,
-                                       False if cfg.compile_attack == "none" else cfg.compile_attack),
+                                       compile_step_from_flag(cfg.compile_attack)),
             cfg.smoothing, lam=cfg.lam, beta=cfg.beta, tau=cfg.tau, deepaugment=_deepaugment(cfg, device))
         common = dict(backend=backend, image_size=cfg.image_size, rank=self.rank, world_size=self.world,
                       seed=cfg.seed, channels_last=channels_last, device=device, workers=cfg.workers)

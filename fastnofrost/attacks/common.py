@@ -167,6 +167,12 @@ def check_compile_step(compile_step):
     return compile_step
 
 
+def compile_step_from_flag(flag: str):
+    """The ``compile_step`` a command-line flag names (training's and evaluation's
+    ``--compile-attack``): 'none' is False, anything else a checked torch.compile mode."""
+    return False if flag == "none" else check_compile_step(flag)
+
+
 def new_generator(seed: Optional[int]):
     """A CPU generator seeded with ``seed``, or None (torch's default generator) for seed=None."""
     if seed is None:

@@ -5,6 +5,7 @@ import math
 import torch
 
 from ..attacks import pgd
+from ..attacks.common import Precision
 from ..nn import set_bn_mode
 from . import distributed
 
@@ -18,18 +19,17 @@ def validate(module, loader, *, eps, steps, examples, precision, device, mbnat_g
     limit = math.ceil(examples / distributed.world_size()) if examples else math.inf
     clean = robust = n_clean = n_robust = 0
     loader.set_epoch(0)
-    autocast = torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision),
-                              enabled=precision != "fp32")
+    prec = Precision(precision)
     try:
         for x, y in loader:
-            with torch.no_grad(), autocast:
-                clean += int((module(x).argmax(1) == y).sum())
+            with torch.no_grad():
+                clean += int((prec.logits(module, x).argmax(1) == y).sum())
             n_clean += len(y)
             take = int(min(len(y), limit - n_robust))
             if take > 0:
                 x_adv = pgd(module, x[:take], y[:take], eps, steps, precision=precision)
-                with torch.no_grad(), autocast:
-                    robust += int((module(x_adv).argmax(1) == y[:take]).sum())
+                with torch.no_grad():
+                    robust += int((prec.logits(module, x_adv).argmax(1) == y[:take]).sum())
                 n_robust += take
     finally:
         if mbnat_gamma is not None:
