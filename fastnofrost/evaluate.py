@@ -25,12 +25,13 @@ import torch
 
 from . import __version__
 from .attacks import APGD, RayS, Square
-from .attacks.common import check_compile_step
+from .attacks.common import compile_step_from_flag
 from .data import DATASETS
 from .metrics import margin, thickness
+from .training.distributed import shutdown
 from .evaluation.attacks import DEFAULT_ATTACKS, AttackSettings, build_attacks, check_names
 from .evaluation.data import Examples, validation_loader
-from .evaluation.distributed import finish, gather, init_from_env, launched, merge, rank_and_world
+from .evaluation.distributed import gather, init_from_env, launched, merge, rank_and_world
 from .evaluation.properties import build_metrics, check_metric_names
 from .evaluation.report import build_report, to_markdown, write_report
 from .evaluation.runner import attack_pass, clean_pass, metric_pass
@@ -56,7 +57,7 @@ def evaluate(model, data, attacks: Sequence[str] = DEFAULT_ATTACKS, *, eps: floa
     pgd-targeted (standardized weights still computed once per attack); results equal eager.
     """
     settings = AttackSettings(eps, steps, apgd_steps, rays_queries, square_queries, seed, precision, batch_size,
-                              compile_step=False if compile_attack == "none" else check_compile_step(compile_attack))
+                              compile_step=compile_step_from_flag(compile_attack))
     chosen_attacks = build_attacks(attacks, settings)
     chosen_metrics = build_metrics(metrics, settings, metric_settings)
     device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
@@ -254,7 +255,7 @@ def main(argv=None) -> dict:
     try:
         return run(args, argv)
     finally:
-        finish()
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -102,8 +102,8 @@ def check_in_ball(name: str, x_adv: torch.Tensor, x: torch.Tensor, eps: float) -
     would otherwise count examples outside the threat model)."""
     if x_adv.shape != x.shape:
         raise RuntimeError(f"attack {name} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
-    worst = (x_adv - x).abs().max().item()
-    if not worst <= eps + BALL_TOLERANCE or x_adv.min().item() < 0 or x_adv.max().item() > 1:
+    worst, lo, hi = torch.stack([(x_adv - x).abs().max(), x_adv.min(), x_adv.max()]).double().tolist()
+    if not worst <= eps + BALL_TOLERANCE or lo < 0 or hi > 1:
         raise RuntimeError(f"attack {name} left the threat model: max |x_adv - x| = {worst:.6g} for eps "
-                           f"{eps:.6g}, values in [{x_adv.min().item():.4g}, {x_adv.max().item():.4g}]")
+                           f"{eps:.6g}, values in [{lo:.4g}, {hi:.4g}]")
     return worst

@@ -29,13 +29,6 @@ def init_from_env(device: str) -> torch.device:
     return torch.device(device)
 
 
-def finish() -> None:
-    """Barrier, then leave the process group (avoids a rare abort at exit)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def rank_and_world():
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()

@@ -25,7 +25,7 @@ def sweep(desc: str, examples, fn: Callable[[torch.Tensor, torch.Tensor], PerSam
           progress: bool = True):
     """Run ``fn(x, y) -> {key: (B,) tensor}`` over every batch; returns ({key: (n,) CPU tensor},
     seconds spent inside ``fn``)."""
-    parts, seconds = {}, 0.0
+    parts, seconds, hits, seen = {}, 0.0, 0, 0
     with tqdm(total=total, desc=desc, unit="ex", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
         for x, y in examples:
             _sync(x.device)
@@ -35,8 +35,9 @@ def sweep(desc: str, examples, fn: Callable[[torch.Tensor, torch.Tensor], PerSam
             seconds += time.perf_counter() - start
             for key, value in out.items():
                 parts.setdefault(key, []).append(value.detach().cpu())
-            if "correct" in out:  # running accuracy on the attacked (or clean) inputs
-                bar.set_postfix(acc=f"{100 * torch.cat(parts['correct']).double().mean().item():.2f}%")
+            if progress and "correct" in out:  # running accuracy on the attacked (or clean) inputs
+                hits, seen = hits + int(parts["correct"][-1].sum()), seen + parts["correct"][-1].numel()
+                bar.set_postfix(acc=f"{100 * hits / max(seen, 1):.2f}%")
             bar.update(x.shape[0])
     return {key: torch.cat(values) for key, values in parts.items()}, seconds
 

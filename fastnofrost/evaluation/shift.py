@@ -53,9 +53,13 @@ class Split:
     root: str
     classes: List[str]  # its wnid folders, sorted (scan_folder's label order)
     columns: List[int]  # model output of each folder class
-    masked: bool  # arg-max over ``columns`` only
     corruption: Optional[str] = None
     severity: Optional[str] = None
+
+    @property
+    def masked(self) -> bool:
+        """Arg-max over ``columns`` only (the 200-class sets)."""
+        return self.name in MASKED
 
 
 def _subdirs(path: str) -> List[str]:
@@ -119,8 +123,8 @@ def _severity_splits(root: str, index) -> List[Split]:
         for severity in severities:
             sub = os.path.join(folder, severity)
             classes = _class_folders(title, sub)
-            splits.append(Split("imagenet-c", sub, classes, _columns(title, sub, classes, index), False,
-                                corruption, severity))
+            splits.append(Split("imagenet-c", sub, classes, _columns(title, sub, classes, index), corruption,
+                                severity))
     return splits
 
 
@@ -138,7 +142,7 @@ def plan_shift(sets: Dict[str, str], class_index: Optional[List[str]]) -> List[S
         if name in MASKED and class_index is None:
             raise ShiftDataError(f"{TITLES[name]} needs the model's class order to map its wnid folders: pass "
                                  "--class-index FILE or an ImageNet --data folder")
-        splits.append(Split(name, root, classes, _columns(TITLES[name], root, classes, class_index), name in MASKED))
+        splits.append(Split(name, root, classes, _columns(TITLES[name], root, classes, class_index)))
     return splits
 
 

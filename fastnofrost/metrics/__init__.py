@@ -9,9 +9,10 @@
 Each works on any classifier taking [0, 1] pixels and returns a (N,) tensor; the evaluation
 reports means over examples. :func:`l2_pgd` is the L2 attack the first two use.
 """
+from ..attacks.losses import kl_divergence
 from .l2_pgd import l2_pgd
 from .margin import decision_margin
-from .smoothness import kl_divergence, smoothness
+from .smoothness import smoothness
 from .thickness import boundary_thickness
 
 __all__ = ["boundary_thickness", "decision_margin", "smoothness", "kl_divergence", "l2_pgd"]

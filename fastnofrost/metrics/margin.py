@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ..attacks.common import check_count, check_positive
+from ..attacks.common import attack_mode, check_count, check_positive
 from .l2_pgd import l2_norms, l2_pgd, predict
 
 MAX_RADIUS, STEPS, SEARCH_STEPS = 10.0, 20, 10
@@ -36,15 +36,16 @@ def decision_margin(model, x: torch.Tensor, *, max_radius: float = MAX_RADIUS, s
     check_positive(max_radius, "max_radius")
     check_count(steps, "steps")
     check_count(search_steps, "search_steps", minimum=0)
-    pred = predict(model, x, precision).argmax(1)
-    margin = torch.full((x.shape[0],), math.inf, device=x.device)
-    changed, norms = _probe(model, x, pred, torch.full_like(margin, max_radius), steps, precision)
-    margin = torch.where(changed, norms, margin)
-    idx = changed.nonzero().squeeze(1)
-    lo, hi = torch.zeros(idx.numel(), device=x.device), torch.full((idx.numel(),), max_radius, device=x.device)
-    for _ in range(search_steps if idx.numel() else 0):
-        mid = (lo + hi) / 2
-        changed, norms = _probe(model, x[idx], pred[idx], mid, steps, precision)
-        hi, lo = torch.where(changed, mid, hi), torch.where(changed, lo, mid)
-        margin[idx] = torch.where(changed, torch.minimum(norms, margin[idx]), margin[idx])
+    with attack_mode(model):  # one frozen context: each weight standardized once for the whole search
+        pred = predict(model, x, precision).argmax(1)
+        margin = torch.full((x.shape[0],), math.inf, device=x.device)
+        changed, norms = _probe(model, x, pred, torch.full_like(margin, max_radius), steps, precision)
+        margin = torch.where(changed, norms, margin)
+        idx = changed.nonzero().squeeze(1)
+        lo, hi = torch.zeros(idx.numel(), device=x.device), torch.full((idx.numel(),), max_radius, device=x.device)
+        for _ in range(search_steps if idx.numel() else 0):
+            mid = (lo + hi) / 2
+            changed, norms = _probe(model, x[idx], pred[idx], mid, steps, precision)
+            hi, lo = torch.where(changed, mid, hi), torch.where(changed, lo, mid)
+            margin[idx] = torch.where(changed, torch.minimum(norms, margin[idx]), margin[idx])
     return margin

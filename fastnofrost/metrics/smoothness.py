@@ -9,20 +9,15 @@ over examples is the reported number.
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from ..attacks import pgd
+from ..attacks import attack_mode, pgd
+from ..attacks.losses import kl_divergence
 from .l2_pgd import predict
-
-
-def kl_divergence(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
-    """Per-row KL(softmax(logits_p) || softmax(logits_q))."""
-    log_p, log_q = F.log_softmax(logits_p, dim=1), F.log_softmax(logits_q, dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum(1)
 
 
 def smoothness(model, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255, steps: int = 20,
                generator: Optional[torch.Generator] = None, precision: str = "fp32") -> torch.Tensor:
     """KL(p(x) || p(x*)) of each input, x* the L-inf PGD (see module doc); a (N,) float32 tensor."""
-    x_star = pgd(model, x, y, eps, steps, generator=generator, precision=precision)
-    return kl_divergence(predict(model, x, precision), predict(model, x_star, precision))
+    with attack_mode(model):  # one frozen context: each weight standardized once for the whole metric
+        x_star = pgd(model, x, y, eps, steps, generator=generator, precision=precision)
+        return kl_divergence(predict(model, x, precision), predict(model, x_star, precision))

@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from ..attacks.common import check_count, check_positive
+from ..attacks.common import attack_mode, check_count, check_positive
 from ..attacks.losses import random_targets
 from .l2_pgd import l2_norms, l2_pgd, predict
 
@@ -37,14 +37,15 @@ def boundary_thickness(model, x: torch.Tensor, *, eps: float = EPS, step: float 
     if not -1.0 <= alpha < beta <= 1.0:
         raise ValueError(f"alpha and beta must satisfy -1 <= alpha < beta <= 1 (bounds of a probability gap), "
                          f"got alpha={alpha}, beta={beta}")
-    logits = predict(model, x, precision)
-    i = logits.argmax(1)
-    j = random_targets(i, logits.shape[1], generator)
-    x_r = l2_pgd(model, x, i, eps, steps, step, target=j, precision=precision)
-    direction = x_r - x
-    inside = torch.zeros(x.shape[0], device=x.device)
-    for t in torch.linspace(0.0, 1.0, n_points).tolist():
-        probs = predict(model, x + t * direction, precision).softmax(1)
-        gap = probs.gather(1, i[:, None]).squeeze(1) - probs.gather(1, j[:, None]).squeeze(1)
-        inside += ((gap > alpha) & (gap < beta)).float()
+    with attack_mode(model):  # one frozen context: each weight standardized once for the whole metric
+        logits = predict(model, x, precision)
+        i = logits.argmax(1)
+        j = random_targets(i, logits.shape[1], generator)
+        x_r = l2_pgd(model, x, i, eps, steps, step, target=j, precision=precision)
+        direction = x_r - x
+        inside = torch.zeros(x.shape[0], device=x.device)
+        for t in torch.linspace(0.0, 1.0, n_points).tolist():
+            probs = predict(model, x + t * direction, precision).softmax(1)
+            gap = probs.gather(1, i[:, None]).squeeze(1) - probs.gather(1, j[:, None]).squeeze(1)
+            inside += ((gap > alpha) & (gap < beta)).float()
     return l2_norms(direction).float() * inside / n_points
