@@ -49,10 +49,15 @@ def build_models(device):
             if name.endswith("gain"):
                 p.uniform_(0.5, 1.5)
     reference = copy.deepcopy(model)
-    for layer in reference.modules():
-        if isinstance(layer, (ScaledStdConv2d, StdConv2d)):
-            layer.backend = "reference"
+    set_ws_backend(reference, "reference")
     return model, reference
+
+
+def set_ws_backend(model, backend: str) -> None:
+    """Every WS layer's backend ('fused' or 'reference')."""
+    for layer in model.modules():
+        if isinstance(layer, (ScaledStdConv2d, StdConv2d)):
+            layer.backend = backend
 
 
 def reference_pgd(model, x, y, start, eps, steps, alpha):

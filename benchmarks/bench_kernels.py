@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 
 import fastnofrost
-from results_io import save_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from results_io import save_result, set_allocator  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from fastnofrost.ops import reference
-from fastnofrost.training.host import keep_large_buffers
 
 GAMMA = 1.7139588594436646
 
@@ -176,8 +175,7 @@ def main(argv=None):
     compile_eager = not args.no_compile
     result = dict(info=describe_device(args.device))
     if args.device == "cpu":
-        kept = not args.default_malloc and keep_large_buffers()
-        result["info"]["allocator"] = "glibc, large buffers kept in the heap" if kept else "glibc default"
+        result["info"]["allocator"] = set_allocator(args.device, args.default_malloc)
     print(f"# bench_kernels on {result['info']}", flush=True)
     bw = copy_bandwidth_gbs(timer, args.device)
     result["copy_gbs"] = bw

@@ -36,7 +36,6 @@ import contextlib
 import dataclasses
 import functools
 import importlib
-import io
 import json
 import os
 import resource
@@ -51,19 +50,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench_attack import describe_device, reference_pgd  # benchmarks/ is on sys.path when run as a script
-from results_io import save_result
+from bench_attack import describe_device, reference_pgd, set_ws_backend  # benchmarks/ is on sys.path when run as a script
+from results_io import save_result, set_allocator
 from fastnofrost import ops
 from fastnofrost.attacks import default_alpha
-from fastnofrost.attacks.common import attack_mode
+from fastnofrost.attacks.common import Precision, attack_mode
 from fastnofrost.config import TrainConfig
 from fastnofrost.methods import AttackSettings, build_method
 from fastnofrost.models import create_model
-from fastnofrost.nn import ScaledStdConv2d, StdConv2d
-from fastnofrost.train import build_optimizer, param_groups
-from fastnofrost.training.host import keep_large_buffers
+from fastnofrost.train import build_optimizer, param_groups, resolve
 
-EPS, LAMBDA, SMOOTHING, DROP, DROP_PATH = 8 / 255, 0.5, 0.1, 0.25, 0.1
+RECIPE = TrainConfig()  # the official recipe's defaults
+EPS, LAMBDA, SMOOTHING, DROP, DROP_PATH = RECIPE.eps_pixels, RECIPE.lam, RECIPE.smoothing, RECIPE.drop, RECIPE.drop_path
 ROW_TAG = "BENCH_STEP_ROW "   # how a --one child hands its measurement to the parent
 
 DEFAULTS = {  # per device; --quick: a smoke test of every engine (tiny model, batch and K)
@@ -146,16 +144,16 @@ def no_ws_cache():
         return model if compile_step is False else torch.compile(
             model, mode=None if compile_step is True else compile_step)
 
-    with mock.patch.object(_pgd, "attack_mode", lambda model, cache_weights=True: attack_mode(model, False)), \
+    with mock.patch.object(_pgd, "attack_mode", lambda model: attack_mode(model, cache_weights=False)), \
             mock.patch.object(_pgd, "compiled", uncached_compiled):
         yield
 
 
 @contextlib.contextmanager
-def _attack_mode_with_param_grads(model, cache_weights=True):
+def _attack_mode_with_param_grads(model):
     """attack_mode (eval, cached WS) with the trainable parameters left requiring grad."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    with attack_mode(model, cache_weights):
+    with attack_mode(model):
         for p in trainable:
             p.requires_grad_(True)
         yield model
@@ -217,9 +215,10 @@ ABLATIONS = {  # name: (what is removed, Setup -> Setup, or None where ours does
 
 
 def ours_setup(device: str, compile_attack: bool) -> Setup:
-    cuda = device == "cuda"
-    compile_step = ("reduce-overhead" if cuda else True) if compile_attack else False
-    return Setup(precision="bf16" if cuda else "fp32", compile_step=compile_step, channels_last=cuda)
+    """What train.py does on this device by default (precision, memory format), plus --compile."""
+    precision, _, channels_last = resolve(RECIPE, torch.device(device))
+    compile_step = ("reduce-overhead" if device == "cuda" else True) if compile_attack else False
+    return Setup(precision=precision, compile_step=compile_step, channels_last=channels_last)
 
 
 def engine_setups(names, device, compile_attack) -> dict:
@@ -244,13 +243,6 @@ def engine_setups(names, device, compile_attack) -> dict:
     return setups
 
 
-def set_ws_backend(model, backend: str) -> None:
-    """Every WS layer's backend (as bench_attack.py builds its reference model)."""
-    for layer in model.modules():
-        if isinstance(layer, (ScaledStdConv2d, StdConv2d)):
-            layer.backend = backend
-
-
 # ------------------------------------------------------------------ one training step per engine
 
 def autocast_forward(model, precision: str, device: str):
@@ -259,7 +251,7 @@ def autocast_forward(model, precision: str, device: str):
         return model
 
     def forward(x):
-        with torch.autocast(device, dtype=torch.bfloat16):
+        with Precision(precision).autocast(device):
             return model(x)
     return forward
 
@@ -311,16 +303,16 @@ def build(args, setup: Optional[Setup], batch: int):
                          drop_path_rate=DROP_PATH).to(args.device)
     x = torch.rand(batch, 3, args.image_size, args.image_size, device=args.device)
     y = torch.randint(0, args.num_classes, (batch,), device=args.device)
+    cfg = TrainConfig(batch_size=batch)  # the recipe's SGD: lr 0.1 x batch/256, Nesterov, wd 5e-5
     if setup is None:  # reference: unfused WS, NCHW, plain torch SGD as the official code
         set_ws_backend(model, "reference")
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1 * batch / 256, momentum=0.9, nesterov=True,
-                                    weight_decay=5e-5)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                    weight_decay=cfg.wd)
         return model, optimizer, x, y
     set_ws_backend(model, setup.ws_backend)
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    cfg = TrainConfig(batch_size=batch)  # the recipe's SGD: lr 0.1 x batch/256, Nesterov, wd 5e-5
     optimizer = build_optimizer(cfg, param_groups(cfg, model), torch.device(args.device), {})
     return model, optimizer, x, y
 
@@ -357,8 +349,10 @@ def rss_mib() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure(args, engine: str, setup: Optional[Setup], ks, batch: int, isolated: bool):
-    """Rows for one engine at each K, on one model instance (compiled graphs are reused across K)."""
+def measure(args, engine: str, setup: Optional[Setup], ks, batch: int):
+    """Rows for one engine at each K, on one model instance (compiled graphs are reused across K);
+    a process of its own (``--one``, not ``--in-process``) also reports its peak RSS."""
+    isolated = not args.in_process
     model, optimizer, x, y = build(args, setup, batch)
     rss_start = rss_mib() if isolated else None  # the process before any step: interpreter, torch, model
     rows = []
@@ -397,7 +391,7 @@ def run_all(args, argv, setups: dict, record) -> None:
             for batch in args.batch_sizes for name in setups]
     if args.in_process:
         for name, batch, ks in plan:
-            record(measure(args, name, setups[name], ks, batch, isolated=False))
+            record(measure(args, name, setups[name], ks, batch))
             if args.compile:
                 torch._dynamo.reset()
             if args.device == "cuda":
@@ -509,7 +503,7 @@ def results_record(args, setups, flops, rows, complete: bool) -> dict:
     config = dict(device=args.device, model=args.model, image_size=args.image_size, width=args.width,
                   num_classes=args.num_classes, batch_sizes=args.batch_sizes, ks=args.ks, ablation_ks=args.ablation_ks,
                   warmup=args.warmup, repeats=args.repeats, compile=args.compile, in_process=args.in_process,
-                  memory=memory, eps=EPS, lam=LAMBDA, smoothing=SMOOTHING, drop=DROP, drop_path=DROP_PATH,
+                  memory=memory, allocator=args.allocator, eps=EPS, lam=LAMBDA, smoothing=SMOOTHING, drop=DROP, drop_path=DROP_PATH,
                   img_s="clean training images per second (the adversarial copies are not counted)")
     info = dict(describe_device(args.device), loadavg_start=args.loadavg_start, loadavg_end=os.getloadavg())
     return dict(info=info, config=config, engines=engines, flops_per_image=flops,
@@ -568,7 +562,7 @@ def run_one(args) -> dict:
     """--one ENGINE:K:BATCH: measure that config alone and print its row for the parent."""
     engine, k, batch = args.one.split(":")
     setup = engine_setups([engine], args.device, args.compile)[engine]
-    row = measure(args, engine, setup, [int(k)], int(batch), isolated=True)[0]
+    row = measure(args, engine, setup, [int(k)], int(batch))[0]
     print(ROW_TAG + json.dumps(row), flush=True)
     return row
 
@@ -576,8 +570,7 @@ def run_one(args) -> dict:
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.device == "cpu" and not args.default_malloc:
-        keep_large_buffers()  # the same allocator for every engine (and what train.py uses on CPU)
+    args.allocator = set_allocator(args.device, args.default_malloc)  # the same for every engine, as train.py
     if args.one:
         return run_one(args)
     setups = engine_setups(args.engines, args.device, args.compile)
@@ -597,8 +590,7 @@ def main(argv=None) -> dict:
 
     def checkpoint(new_rows):  # partial JSON after every measurement: a killed run keeps what it has
         rows.extend(new_rows)
-        with contextlib.redirect_stdout(io.StringIO()):
-            save_result(name, args.device, results_record(args, setups, flops, rows, complete=False))
+        save_result(name, args.device, results_record(args, setups, flops, rows, complete=False), quiet=True)
 
     run_all(args, argv, setups, checkpoint)
     result = results_record(args, setups, flops, rows, complete=True)

@@ -22,7 +22,7 @@ under benchmarks/results/<device>/ (or $OUT/); the training runs go to ``--out``
 
     python benchmarks/fidelity.py --quick                 # 2-core CPU, under 30 minutes idle
     python benchmarks/fidelity.py --device cuda           # full mode, meant for a GPU
-    python benchmarks/fidelity.py --quick --methods sat,nofrost --out /tmp/fid --reuse
+    python benchmarks/fidelity.py --quick --methods sat_bn,nofrost --out /tmp/fid --reuse
 """
 import argparse
 import dataclasses

@@ -39,11 +39,8 @@ step nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 step $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 $PY -c "import deepspeed; print('deepspeed', deepspeed.__version__)" 2>/dev/null | tee -a "$LOG" \
   || echo "deepspeed not installed (put its wheel in .whl/): the step benchmarks do not need it" | tee -a "$LOG"
-if $PY -c "import nvidia.dali" >/dev/null 2>&1; then
-  echo "DALI $($PY -c 'import nvidia.dali; print(nvidia.dali.__version__)')" | tee -a "$LOG"
-else
-  echo "DALI not installed: dali-gpu/dali-cpu data benchmarks skipped" | tee -a "$LOG"
-fi
+$PY -c "import nvidia.dali; print('DALI', nvidia.dali.__version__)" 2>/dev/null | tee -a "$LOG" \
+  || echo "DALI not installed: dali-gpu/dali-cpu data benchmarks skipped" | tee -a "$LOG"
 step $PY -m pip install -q --no-build-isolation --no-deps --no-index -e . || { echo "build failed"; exit 1; }
 step $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_ops_ws.py tests/test_ops_pgd.py tests/test_std_conv.py
 step $PY -m pytest -q -p no:cacheprovider tests/test_models.py
