@@ -120,9 +120,11 @@ class Precision:
         return torch.autocast(device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
     def logits(self, forward, x: torch.Tensor) -> torch.Tensor:
-        """float32 logits of ``forward(x)`` run under this precision."""
+        """Logits of ``forward(x)`` run under this precision, in float32 at least (a float64
+        model keeps float64 logits)."""
         with self.autocast(x.device.type):
-            return forward(x).float()
+            out = forward(x)
+        return out.to(torch.promote_types(out.dtype, torch.float32))
 
 
 def input_gradient(forward, x_adv: torch.Tensor, objective, precision: Precision):
