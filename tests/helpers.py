@@ -1,6 +1,7 @@
 """Shared test helpers: tolerances per dtype and output poisoning."""
 import contextlib
 
+import pytest
 import torch
 
 # Liger-Kernel style: tolerance per dtype of the *output*, against float64 math.
@@ -32,3 +33,10 @@ def poisoned_outputs():
     finally:
         torch.use_deterministic_algorithms(prev_det)
         torch.utils.deterministic.fill_uninitialized_memory = prev_fill
+
+
+# inductor's C++ code does not build when ATen runs its non-vectorized kernels
+# (ATEN_CPU_CAPABILITY=default: "'at::vec' has not been declared"): torch's limit, not ours.
+needs_inductor_cpu = pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() == "DEFAULT",
+    reason="inductor's CPU code does not build at ATEN_CPU_CAPABILITY=default (torch's limit)")

@@ -19,6 +19,8 @@ from fastnofrost.attacks.losses import Objective
 from fastnofrost.nn import ScaledStdConv2d, StdConv2d
 from fastnofrost.ops import pgd_random_start
 
+from helpers import needs_inductor_cpu
+
 EPS = 0.1  # on 8x8 digits (16 grey levels): robust accuracy around 55-65%, clean 97%
 RELU_GAMMA = 1.7139588594436646
 
@@ -62,6 +64,15 @@ def digits(one_thread):
     model.eval()
     assert accuracy(model, x[test], y[test]) > 0.95
     return model, x[test], y[test]
+
+
+@pytest.fixture(scope="module")
+def digits64(digits):
+    """The digits model and data in float64: for exact comparisons of sign-step iterates and
+    argmax decisions, which in float32 can follow a host's rounding (a gradient or a logit gap
+    near zero)."""
+    model, x, y = digits
+    return copy.deepcopy(model).double(), x.double(), y
 
 
 def accuracy(model, x, y):
@@ -113,13 +124,15 @@ def test_pgd_robust_accuracy_matches_torchattacks(digits):
 
 
 @pytest.mark.parametrize("name, reference", [("bim", "BIM"), ("mia", "MIFGSM")])
-def test_deterministic_attacks_equal_torchattacks(digits, name, reference):
-    """No random start: the same iterates as torchattacks' BIM / MI-FGSM (decay 1.0), to fp32 rounding."""
+def test_deterministic_attacks_equal_torchattacks(digits64, name, reference):
+    """No random start: the same iterates as torchattacks' BIM / MI-FGSM (decay 1.0), in float64
+    (sign steps on near-zero gradient components would follow each host's float32 rounding)."""
     torchattacks = pytest.importorskip("torchattacks")
-    model, x, y = digits
+    model, x, y = digits64
     ours = get_attack(name, eps=EPS, steps=10, alpha=0.02)(model, x, y)
     theirs = getattr(torchattacks, reference)(model, EPS, 0.02, 10)(x, y)
-    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    assert theirs.dtype == torch.float64
+    torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("loss, targeted", [("ce", False), ("dlr", False), ("dlr", True)])
@@ -247,8 +260,10 @@ def reference_pgd(model, x, y, start, eps, steps, alpha):
     return x_adv.detach()
 
 
-def test_pgd_equals_unfused_reference(digits):
-    model, x, y = digits
+def test_pgd_equals_unfused_reference(digits64):
+    """Fused loop (WS once, fused step) against the eager loop with WS recomputed by pure torch:
+    the same iterates, in float64 (exact sign steps)."""
+    model, x, y = digits64
     ref_model = copy.deepcopy(model)
     for layer in ws_layers(ref_model):
         layer.backend = "reference"  # pure-torch WS, recomputed every step
@@ -256,7 +271,7 @@ def test_pgd_equals_unfused_reference(digits):
     start = pgd_random_start(x, EPS, generator=torch.Generator().manual_seed(3))
     ours = pgd(model, x, y, EPS, steps, alpha, generator=torch.Generator().manual_seed(3))
     ref = reference_pgd(ref_model, x, y, start, EPS, steps, min(1.25 * EPS, EPS + 4 / 255) / steps)
-    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
 
 
 def nf_resnet_or_skip():
@@ -319,7 +334,7 @@ def test_no_graph_outlives_its_step(digits):
     assert max(alive_at_forward) == 0, alive_at_forward
 
 
-def test_deterministic_under_seed_and_batch_size_agnostic(digits):
+def test_deterministic_under_seed(digits):
     model, x, y = digits
     x, y = x[:64], y[:64]
     for name in ("pgd", "apgd_ce", "square"):
@@ -329,9 +344,15 @@ def test_deterministic_under_seed_and_batch_size_agnostic(digits):
         c = get_attack(name, eps=EPS, seed=8, **kw)(model, x, y)
         assert torch.equal(a, b), name
         assert not torch.equal(a, c), name
+
+def test_batch_size_agnostic(digits64):
+    """One batch or chunks of 7: the same iterates (float64: a convolution's summation order
+    depends on the batch size, and float32 rounding could flip a sign step)."""
+    model, x, y = digits64
+    x, y = x[:64], y[:64]
     whole = pgd(model, x, y, EPS, 5, random_start=False)
     parts = torch.cat([pgd(model, x[i:i + 7], y[i:i + 7], EPS, 5, random_start=False) for i in range(0, 64, 7)])
-    torch.testing.assert_close(whole, parts, atol=1e-6, rtol=0)
+    torch.testing.assert_close(whole, parts, atol=1e-12, rtol=0)
 
 
 # ------------------------------------------------------------ mixed precision and compile
@@ -373,23 +394,26 @@ def test_fp16_loss_scale_keeps_small_gradients():
     assert (signs["fp16", 1.0] == ref).float().mean() < 0.9
 
 
-def test_compile_step_matches_eager(digits):
+@needs_inductor_cpu
+def test_compile_step_matches_eager(digits64):
     """Same iterates compiled or eager, also after a weight update (no stale weights, no graph
-    break: one compiled graph serves both attacks)."""
-    model, x, y = digits
+    break: one compiled graph serves both attacks). In float64: inductor fuses and reorders
+    float arithmetic, and in float32 a sign step on a near-zero gradient could flip."""
+    model, x, y = digits64
     model, x, y = copy.deepcopy(model), x[:16], y[:16]
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     for _ in range(2):
         compiled = pgd(model, x, y, EPS, 2, 0.03, random_start=False, compile_step=True)
         eager = pgd(model, x, y, EPS, 2, 0.03, random_start=False)
-        torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=0)
+        torch.testing.assert_close(compiled, eager, atol=1e-12, rtol=0)
         assert all(p.grad is None and p.requires_grad for p in model.parameters())
         with torch.no_grad():  # an optimizer step between two attacks
             model.c2.weight.mul_(-1.0)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
+@needs_inductor_cpu
 def test_compile_step_standardizes_once(digits):
     """A compiled attack also runs the WS kernel once per layer per attack, not once per step:
     the weights are standardized eagerly into persistent tensors that enter the compiled graph
@@ -434,32 +458,47 @@ def test_cuda_precisions_and_cuda_graphs(precision, compile_step):
     assert abs(acc - acc_ref) <= 0.02, (acc, acc_ref)
 
 
-def test_trades_attack_equals_its_definition(digits):
-    """TRADES' inner maximization as written in its paper's code: KL from the eval-mode clean
-    prediction (reduction sum), Gaussian start of std 0.001, sign steps, eps-ball and box."""
-    model, x, y = digits
-    steps, alpha = 5, 0.02
-    ours = pgd(model, x, y, EPS, steps, alpha, loss="kl", random_start=0.001, generator=torch.Generator().manual_seed(4))
-    ref_model = copy.deepcopy(model).eval()
+def trades_reference(model, x, steps, alpha, generator):
+    """TRADES' inner maximization as its paper's code writes it: KL from the model's clean
+    prediction (reduction sum), Gaussian start of std 0.001, sign steps, eps-ball then box."""
     with torch.no_grad():
-        p_clean = F.softmax(ref_model(x), dim=1)
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+        p_clean = F.softmax(model(x), dim=1)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
     x_adv = torch.min(torch.max(x + 0.001 * noise, x - EPS), x + EPS).clamp(0, 1)
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        loss = F.kl_div(F.log_softmax(ref_model(x_adv), dim=1), p_clean, reduction="sum")
+        loss = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x_adv)
         with torch.no_grad():
             x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), x - EPS), x + EPS).clamp(0, 1)
-    torch.testing.assert_close(ours, x_adv, atol=1e-6, rtol=0)
+    return x_adv
+
+
+def test_trades_attack_equals_its_definition(digits64):
+    """Ours equals the paper code's loop, iterate for iterate. In float64: the KL objective has a
+    zero gradient at the clean point and the attack starts 0.001 away from it, so in float32 the
+    first sign steps follow each host's rounding. The comparison sees a wrong mode: the same loop
+    on the model in train mode (dropout on) lands elsewhere."""
+    model, x, y = digits64
+    model = copy.deepcopy(model).train()  # as in training: the attack must switch to eval mode itself
+    steps, alpha = 5, 0.02
+    ours = pgd(model, x, y, EPS, steps, alpha, loss="kl", random_start=0.001, generator=torch.Generator().manual_seed(4))
+    ref_model = copy.deepcopy(model)
+    ref = trades_reference(ref_model.eval(), x, steps, alpha, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
     assert (ours - x).abs().amax() > 0.5 * EPS  # it moved
+    torch.manual_seed(0)
+    in_train_mode = trades_reference(ref_model.train(), x, steps, alpha, torch.Generator().manual_seed(4))
+    assert (in_train_mode - ours).abs().amax() > 0.5 * alpha
 
 
 @pytest.mark.parametrize("tau", [0, 2])
-def test_fat_early_stop_equals_per_sample_loop(digits, tau):
+def test_fat_early_stop_equals_per_sample_loop(digits64, tau):
     """FAT's early-stopped PGD against the paper code's per-sample bookkeeping: a sample
-    misclassified with budget 0 stops; one with budget left spends one unit and steps."""
-    model, x, y = digits
+    misclassified with budget 0 stops; one with budget left spends one unit and steps. In
+    float64: the reference runs sub-batches, and float32 argmax near-ties or sign steps could
+    follow the batch size's summation order."""
+    model, x, y = digits64
     steps, alpha = 10, 0.02
     ours = pgd(model, x, y, EPS, steps, alpha, random_start=False, early_stop=tau)
     x_adv, budget, active = x.clone(), [tau] * len(y), list(range(len(y)))
@@ -482,7 +521,7 @@ def test_fat_early_stop_equals_per_sample_loop(digits, tau):
             moved = x_adv[idx] + alpha * grad[rows].sign()
             x_adv[idx] = torch.min(torch.max(moved, x[idx] - EPS), x[idx] + EPS).clamp(0, 1)
         active = idx.tolist()
-    torch.testing.assert_close(ours, x_adv, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours, x_adv, atol=1e-12, rtol=0)
     plain = pgd(model, x, y, EPS, steps, alpha, random_start=False)
     assert not torch.equal(ours, plain)  # early stopping changed something
 
