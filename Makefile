@@ -1,6 +1,8 @@
 # fastnofrost: one-command set-up and checks.
 #   make train    the main job: set-up, then NoFrost on digits (ARGS="--epochs 4" passes flags)
 #   make test     create .venv, install torch + the package (+ dev extras), build the kernels, run the tests
+#   make test-hosts  the tests under every ATen dispatch level x oneDNN ISA cap x 1/2 threads, as
+#                 other hosts round (over an hour on 2 cores; not in CI; ARGS="--jobs 2" etc.)
 #   make install  only the set-up
 #   make bench    CPU kernel benchmark (prints a table, writes JSON under benchmarks/results/)
 PYTHON ?= python3
@@ -10,7 +12,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.fastnofrost-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-gpu bench train clean
+.PHONY: install test test-hosts test-gpu bench train clean
 
 $(STAMP): setup.py pyproject.toml CMakeLists.txt constraints.txt $(wildcard kernels/cpu/*)
 	# Fashion-MNIST ships as a Debian package (real data for CPU-scale runs and tests).
@@ -33,6 +35,9 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+test-hosts: $(STAMP)
+	$(PY) tests/hosts.py $(ARGS)
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu tests
