@@ -2,23 +2,25 @@
 min(1.25 eps, eps + 4/255) / K, random start) on nf_resnet26 small-input, 32x32x3, batch 128.
 
 Side by side in one run:
-  ours        fastnofrost.attacks.pgd: frozen attack mode (WS once per layer per attack, no
-              weight gradients, dropout off), fused random start and step; fp32, and bf16 /
-              fp16 autocast (and torch.compile of the step) where asked
-  reference   eager fp32 loop as advertorch / the official code run it: WS recomputed every
-              step (pure-torch reference WS), parameters requiring grad, loss.backward()
-              (weight gradients computed and accumulated), torch ops for the step
+  ours          fastnofrost.attacks.pgd: frozen attack mode (WS once per layer per attack, no
+                weight gradients, dropout off), fused random start and step; fp32, and bf16 /
+                fp16 autocast (and torch.compile of the step) where asked
+  official      the official code's attack (official.py): advertorch's PGDAttack inside
+                ctx_noparamgrad_and_eval (eval mode, parameters frozen: input gradients only),
+                timm's WS (F.batch_norm) recomputed in every forward, loss.backward() on the
+                perturbation, sign step, clamps; eager fp32, NCHW. The baseline of "vs official".
+  naive-attack  NOT the official code: the same loop with the parameters left requiring grad (a
+                common mistake in user code: every step also computes the weight gradients)
 
 Medians of wall time per attack; candidates are timed in interleaved rounds after a 1-step
-warm-up of each, so drift in machine load falls on every candidate alike. Also checks that
-ours (fp32) gives the same x_adv as the eager loop run with the same (fused) WS op. Prints a
+warm-up of each, so drift in machine load falls on every candidate alike. Also reports how
+far ours (fp32) lands from the official loop run with the same (fused) WS op and start. Prints a
 table and writes JSON to benchmarks/results/<device>/bench_attack.json (or $OUT/).
 
     python benchmarks/bench_attack.py [--device cpu|cuda] [--batch 128] [--steps 10] [--repeats 3]
                                       [--precisions fp32,bf16] [--compile MODE]
 """
 import argparse
-import copy
 import os
 import platform
 import statistics
@@ -26,15 +28,16 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 import fastnofrost
-from results_io import save_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from official import noparamgrad_and_eval, official_model, official_pgd  # benchmarks/ is on sys.path
+from results_io import save_result
 from fastnofrost.attacks import default_alpha, pgd
-from fastnofrost.nn import ScaledStdConv2d, StdConv2d
 from fastnofrost.ops import pgd_random_start
 
 EPS = 8 / 255
+OFFICIAL = "official fp32 eager"
+NAIVE = "naive-attack fp32 eager (not a baseline)"
 
 
 def build_models(device):
@@ -48,30 +51,13 @@ def build_models(device):
         for name, p in model.named_parameters():
             if name.endswith("gain"):
                 p.uniform_(0.5, 1.5)
-    reference = copy.deepcopy(model)
-    set_ws_backend(reference, "reference")
-    return model, reference
+    return model, official_model(model)
 
 
-def set_ws_backend(model, backend: str) -> None:
-    """Every WS layer's backend ('fused' or 'reference')."""
-    for layer in model.modules():
-        if isinstance(layer, (ScaledStdConv2d, StdConv2d)):
-            layer.backend = backend
-
-
-def reference_pgd(model, x, y, start, eps, steps, alpha):
-    """advertorch-style: eval mode, parameters requiring grad, loss.backward() every step."""
-    model.eval()
-    x_adv = start.clone()
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(x_adv), y, reduction="sum")
-        loss.backward()
-        with torch.no_grad():
-            x_adv = x_adv + alpha * x_adv.grad.sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-    return x_adv.detach()
+def attack_as_official(model, x, y, start, steps, alpha, noparamgrad=True):
+    """The official code's attack call: PGDAttack.perturb inside ctx_noparamgrad_and_eval."""
+    with noparamgrad_and_eval(model, noparamgrad):
+        return official_pgd(model, x, y, EPS, steps, alpha, start=start)
 
 
 def describe_device(device):
@@ -100,10 +86,11 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_attack: --device cuda but no CUDA device is visible")
     device = args.device
+    torch.backends.cudnn.benchmark = True  # as PGDAT.py; for every candidate alike
     precisions = (args.precisions or ("fp32,bf16,fp16" if device == "cuda" else "fp32")).split(",")
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
-    model, ref_model = build_models(device)
+    model, official = build_models(device)
     torch.manual_seed(1)
     x = torch.rand(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
@@ -120,7 +107,8 @@ def main(argv=None):
     if args.compile:
         for prec in [p for p in precisions if p in ("fp32", "bf16")]:
             candidates[f"ours {prec} compile={args.compile}"] = ours(prec, args.compile)
-    candidates["reference fp32 eager"] = lambda steps: reference_pgd(ref_model, x, y, start, EPS, steps, alpha)
+    candidates[OFFICIAL] = lambda steps: attack_as_official(official, x, y, start, steps, alpha)
+    candidates[NAIVE] = lambda steps: attack_as_official(official, x, y, start, steps, alpha, noparamgrad=False)
 
     for name, fn in candidates.items():  # warm-up: one step each (compiles, allocator)
         fn(1)
@@ -134,32 +122,34 @@ def main(argv=None):
             sync()
             times[name].append((time.perf_counter() - t0) * 1e3)
             print(f"  round {r + 1}/{args.repeats} {name}: {times[name][-1]:.1f} ms", flush=True)
-        ref_model.zero_grad(set_to_none=True)
+        official.zero_grad(set_to_none=True)  # the naive attack accumulates weight gradients
 
-    # same iterates as the eager loop computing the same WS op (the pure-torch WS rounds differently,
-    # which flips the sign of some near-zero gradients): ours fp32 on the first 8 samples
+    # ours fp32 against the official loop with the same (fused) WS op and start, first 8 samples; in
+    # fp32 a few sign steps on near-zero gradients may differ (tests/test_attacks.py checks
+    # equality in float64)
     n = min(8, args.batch)
-    eager = reference_pgd(model, x[:n], y[:n], start[:n], EPS, args.steps, alpha)
-    model.zero_grad(set_to_none=True)
     same_start = pgd_random_start(x[:n], EPS, generator=torch.Generator().manual_seed(0))
     assert torch.equal(same_start, start[:n]), "the fused random start is not per-element deterministic"
+    eager = attack_as_official(model, x[:n], y[:n], same_start, args.steps, alpha)
     check = (pgd(model, x[:n], y[:n], EPS, args.steps, alpha, generator=torch.Generator().manual_seed(0))
              - eager).abs().max().item()
     medians = {name: statistics.median(t) for name, t in times.items()}
-    ref_ms = medians["reference fp32 eager"]
+    ref_ms = medians[OFFICIAL]
     result = dict(info=describe_device(device),
                   config=dict(model="nf_resnet26_small", batch=args.batch, input=[3, 32, 32], eps=EPS,
                               steps=args.steps, alpha=alpha, repeats=args.repeats),
-                  ms=medians, all_ms=times, speedup_vs_reference={k: ref_ms / v for k, v in medians.items()},
-                  max_abs_diff_vs_eager_same_ws=check)
+                  baseline=OFFICIAL, ms=medians, all_ms=times,
+                  speedup_vs_official={k: ref_ms / v for k, v in medians.items()},
+                  max_abs_diff_vs_official_same_ws=check)
 
     print(f"\n# bench_attack on {result['info']}")
     print(f"# nf_resnet26_small, batch {args.batch}, 3x32x32, PGD K={args.steps}, eps 8/255, alpha {alpha:.5f}")
-    print(f"{'method':<36} {'median ms':>12} {'vs reference':>13}")
+    print(f"{'method':<42} {'median ms':>10} {'vs official':>12}")
     for name, ms in medians.items():
-        print(f"{name:<36} {ms:>12.1f} {ref_ms / ms:>12.2f}x")
-    print("('vs reference' = reference time / method time: how many times faster)")
-    print(f"ours fp32 vs the eager loop with the same WS op, first {n} samples: max |x_adv diff| = {check:.3g}")
+        print(f"{name:<42} {ms:>10.1f} {ref_ms / ms:>11.2f}x")
+    print("('vs official' = the official attack's time / method time: how many times faster; "
+          "naive-attack is not a baseline)")
+    print(f"ours fp32 vs the official loop with the same WS op, first {n} samples: max |x_adv diff| = {check:.3g}")
 
     save_result("bench_attack.json", device, result)
     return result

@@ -1,4 +1,4 @@
-"""Training-step benchmark: ours vs the reference recipe vs ours minus one optimization at a time.
+"""Training-step benchmark: ours vs the official code's step vs ours minus one optimization at a time.
 
 Full training steps, side by side in one run. A step is the method's PGD-K attack (eps 8/255,
 step min(1.25 eps, eps + 4/255) / K, random start), the NoFrost loss (1 - lambda) CE(x) +
@@ -10,24 +10,28 @@ drop-path 0.1). Engines:
               method(forward, model, x, y): fused ops, WS once per attack, no weight gradients
               in the loop, clean + adversarial halves in one forward; bf16 autocast and
               channels_last on CUDA (fp32 on CPU); --compile adds AttackSettings.compile_step
-  reference   the official recipe re-expressed: timm-style unfused WS recomputed in every
-              forward (layers' backend='reference'), parameters requiring grad during the
-              attack, the advertorch-style fp32 PGD loop of bench_attack.py (loss.backward(),
-              x_adv.grad.sign(), clamps, eval mode), clean forward FIRST with its graph alive
-              through the attack, then a separate adversarial forward; fp32, NCHW, torch SGD
+  official    PGDAT.py's step (official.py, which maps it line by line): timm's WS recomputed in
+              every forward, clean forward FIRST with its graph alive through the attack,
+              advertorch's PGDAttack inside ctx_noparamgrad_and_eval (eval mode, parameters
+              frozen: input gradients only; loss.backward() on the perturbation, sign, clamps),
+              a separate adversarial forward, torch SGD Nesterov; fp32, NCHW. The baseline of
+              every "vs official" figure and of the goals.
+  naive-attack  NOT the official code: the official step with the parameters left requiring
+              grad in the attack (a common mistake: each PGD step also computes every weight
+              gradient); shown for scale, never a baseline
   ablations   ours with exactly one optimization removed (table ABLATIONS below)
 
 Per config: median of --repeats steps after --warmup steps (CUDA events on CUDA), images/s
 (clean images per second), overhead ratio (step time / ST step time of the same engine), the
 FLOP-model floor of that ratio, peak memory (CUDA: max_memory_allocated; CPU: peak RSS of a
-process that ran only that config) and speedup vs the reference at the same K and batch.
+process that ran only that config) and speedup vs the official step at the same K and batch.
 
     python benchmarks/bench_step.py                     # CPU: nf_resnet26_small, 32x32, batch 32
     python benchmarks/bench_step.py --device cuda --compile [--model nf_resnet50]
     python benchmarks/bench_step.py --quick --device cpu    # smoke test (seconds)
 
 Prints a table and a goals block; writes bench_step_<model>[_compile][_quick].json and a .png
-(img/s vs K: ours, the reference, the floor) under benchmarks/results/<device>/ (or $OUT/).
+(img/s vs K: ours, the official step, the floor) under benchmarks/results/<device>/ (or $OUT/).
 CPU configs run one process each (--no-isolate: all in this one); on a CPU shared with other
 jobs, OMP_NUM_THREADS=1 avoids OpenMP spin-waits that slow every engine several times over.
 """
@@ -50,7 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench_attack import describe_device, reference_pgd, set_ws_backend  # benchmarks/ is on sys.path when run as a script
+from bench_attack import describe_device  # benchmarks/ is on sys.path when run as a script
+from official import naive_attack_step, official_model, official_optimizer, official_step
 from results_io import save_result, set_allocator
 from fastnofrost import ops
 from fastnofrost.attacks import default_alpha
@@ -58,6 +63,7 @@ from fastnofrost.attacks.common import Precision, attack_mode
 from fastnofrost.config import TrainConfig
 from fastnofrost.methods import AttackSettings, build_method
 from fastnofrost.models import create_model
+from fastnofrost.nn import ScaledStdConv2d, StdConv2d
 from fastnofrost.train import build_optimizer, param_groups, resolve
 
 RECIPE = TrainConfig()  # the official recipe's defaults
@@ -73,11 +79,13 @@ DEFAULTS = {  # per device; --quick: a smoke test of every engine (tiny model, b
                   ks="0,1,2", warmup=1, repeats=1),
 }
 GOALS = {  # (metric, threshold, higher is better) at the largest K
-    "cuda": [("speedup", 3.0, True), ("ratio_vs_floor", 1.10, False), ("memory_vs_reference", 0.6, False)],
+    "cuda": [("speedup", 3.0, True), ("ratio_vs_floor", 1.10, False), ("memory_vs_official", 0.6, False)],
     "cpu": [("speedup", 1.5, True)],
 }
-GOAL_TEXT = {"speedup": "ours / reference throughput", "ratio_vs_floor": "overhead ratio / FLOP floor",
-             "memory_vs_reference": "peak memory ours / reference"}
+GOAL_TEXT = {"speedup": "ours / official throughput", "ratio_vs_floor": "overhead ratio / FLOP floor",
+             "memory_vs_official": "peak memory ours / official"}
+BASELINES = {"official": official_step, "naive-attack": naive_attack_step}  # engine: step builder (official.py)
+FULL_KS = ("ours", "official")  # engines run at every --ks; the others at --ablation-ks
 
 
 # ------------------------------------------------------------------ FLOP model
@@ -222,13 +230,13 @@ def ours_setup(device: str, compile_attack: bool) -> Setup:
 
 
 def engine_setups(names, device, compile_attack) -> dict:
-    """{engine: Setup} for ours and the applicable ablations; the reference maps to None."""
+    """{engine: Setup} for ours and the applicable ablations; the baselines map to None."""
     ours = ours_setup(device, compile_attack)
     setups = {}
     for name in names:
         if name == "ours":
             setups[name] = ours
-        elif name == "reference":
+        elif name in BASELINES:
             setups[name] = None
         elif name == "ablations":
             setups.update({k: s for k, (_, fn) in ABLATIONS.items() if (s := fn(ours)) is not None})
@@ -238,7 +246,7 @@ def engine_setups(names, device, compile_attack) -> dict:
                 raise SystemExit(f"bench_step: ablation {name!r} does not apply here (ours does not use it)")
             setups[name] = setup
         else:
-            raise SystemExit(f"bench_step: unknown engine {name!r}; use ours, reference, ablations or one of "
+            raise SystemExit(f"bench_step: unknown engine {name!r}; use ours, official, naive-attack, ablations or one of "
                              f"{', '.join(ABLATIONS)}")
     return setups
 
@@ -274,24 +282,11 @@ def ours_step(model, optimizer, setup: Setup, k: int, device: str):
     return step
 
 
-def reference_step(model, optimizer, k: int):
-    """The official code path: clean forward first (graph kept), advertorch PGD, adversarial forward."""
-    alpha = default_alpha(EPS, max(k, 1))
-
-    def step(x, y):
-        model.train()
-        clean = model(x)
-        loss = F.cross_entropy(clean, y, label_smoothing=SMOOTHING)
-        if k:
-            start = ops.pgd_random_start(x, EPS, backend="reference")
-            x_adv = reference_pgd(model, x, y, start, EPS, k, alpha)
-            model.train()
-            adv = F.cross_entropy(model(x_adv), y, label_smoothing=SMOOTHING)
-            loss = (1 - LAMBDA) * loss + LAMBDA * adv
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return step
+def set_ws_backend(model, backend: str) -> None:
+    """Every WS layer's backend ('fused' or 'reference')."""
+    for layer in model.modules():
+        if isinstance(layer, (ScaledStdConv2d, StdConv2d)):
+            layer.backend = backend
 
 
 # ------------------------------------------------------------------ measuring
@@ -304,11 +299,9 @@ def build(args, setup: Optional[Setup], batch: int):
     x = torch.rand(batch, 3, args.image_size, args.image_size, device=args.device)
     y = torch.randint(0, args.num_classes, (batch,), device=args.device)
     cfg = TrainConfig(batch_size=batch)  # the recipe's SGD: lr 0.1 x batch/256, Nesterov, wd 5e-5
-    if setup is None:  # reference: unfused WS, NCHW, plain torch SGD as the official code
-        set_ws_backend(model, "reference")
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                    weight_decay=cfg.wd)
-        return model, optimizer, x, y
+    if setup is None:  # a baseline: timm's WS, NCHW, torch SGD over every parameter, as PGDAT.py
+        model = official_model(model)
+        return model, official_optimizer(model, cfg.peak_lr, cfg.momentum, cfg.wd), x, y
     set_ws_backend(model, setup.ws_backend)
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -357,8 +350,10 @@ def measure(args, engine: str, setup: Optional[Setup], ks, batch: int):
     rss_start = rss_mib() if isolated else None  # the process before any step: interpreter, torch, model
     rows = []
     for k in ks:
-        step = reference_step(model, optimizer, k) if setup is None else ours_step(model, optimizer, setup, k,
-                                                                                   args.device)
+        if setup is None:
+            step = BASELINES[engine](model, optimizer, k, EPS, default_alpha(EPS, max(k, 1)), LAMBDA, SMOOTHING)
+        else:
+            step = ours_step(model, optimizer, setup, k, args.device)
         times = time_steps(step, x, y, args.warmup, args.repeats, args.device)
         if args.device == "cuda":
             memory = torch.cuda.max_memory_allocated() / 2**20
@@ -387,7 +382,7 @@ def run_all(args, argv, setups: dict, record) -> None:
     K-major so load drift spreads over the engines; else here, engine-major, each engine's model
     built once (compiled graphs are reused across K), compile caches and CUDA-graph memory pools
     dropped between engines so each engine's peak memory is its own."""
-    plan = [(name, batch, args.ks if name in ("ours", "reference") else args.ablation_ks)
+    plan = [(name, batch, args.ks if name in FULL_KS else args.ablation_ks)
             for batch in args.batch_sizes for name in setups]
     if args.in_process:
         for name, batch, ks in plan:
@@ -407,11 +402,11 @@ def run_all(args, argv, setups: dict, record) -> None:
 # ------------------------------------------------------------------ reporting
 
 def add_ratios(rows, flops) -> None:
-    """Overhead ratio (vs the same engine's ST), floor, ratio/floor, speedup vs the reference."""
+    """Overhead ratio (vs the same engine's ST), floor, ratio/floor, speedup vs the official step."""
     by = {(r["engine"], r["k"], r["batch"]): r for r in rows}
     for r in rows:
         st = by.get((r["engine"], 0, r["batch"]))
-        ref = by.get(("reference", r["k"], r["batch"]))
+        ref = by.get(("official", r["k"], r["batch"]))
         r["floor"] = flop_floor(r["k"], **flops)
         r["overhead"] = r["ms"] / st["ms"] if st else None
         r["ratio_vs_floor"] = r["overhead"] / r["floor"] if st else None
@@ -424,7 +419,7 @@ def fmt(value, spec: str, suffix: str = "") -> str:
 
 def print_table(rows) -> None:
     head = (f"{'engine':<13} {'K':>3} {'batch':>5} {'ms/step':>10} {'img/s':>9} {'overhead':>9} {'floor':>6} "
-            f"{'ratio/floor':>11} {'peak MiB':>9} {'vs ref':>7}")
+            f"{'ratio/floor':>11} {'peak MiB':>9} {'vs off':>7}")
     print(head + "\n" + "-" * len(head))
     for r in sorted(rows, key=lambda r: (r["batch"], r["k"])):
         print(f"{r['engine']:<13} {r['k']:>3} {r['batch']:>5} {r['ms']:>10.1f} {r['img_s']:>9.1f} "
@@ -438,10 +433,10 @@ def goals(rows, device: str) -> list:
     for batch in sorted({r["batch"] for r in rows}):
         k = max(r["k"] for r in rows if r["batch"] == batch)
         ours = next((r for r in rows if (r["engine"], r["k"], r["batch"]) == ("ours", k, batch)), None)
-        ref = next((r for r in rows if (r["engine"], r["k"], r["batch"]) == ("reference", k, batch)), None)
+        ref = next((r for r in rows if (r["engine"], r["k"], r["batch"]) == ("official", k, batch)), None)
         for metric, threshold, higher in GOALS[device]:
             value = None
-            if metric == "memory_vs_reference":
+            if metric == "memory_vs_official":
                 if ours and ref and ours["peak_mib"] and ref["peak_mib"]:
                     value = ours["peak_mib"] / ref["peak_mib"]
             elif ours:
@@ -461,14 +456,14 @@ def print_goals(results) -> None:
 
 
 def plot(rows, title: str, path) -> None:
-    """img/s vs K: ours, the reference, and the FLOP bound (ours' ST throughput / FLOP floor)."""
+    """img/s vs K: ours, the official step, and the FLOP bound (ours' ST throughput / FLOP floor)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for batch in sorted({r["batch"] for r in rows}):
-        for engine, style in (("ours", "o-"), ("reference", "s-")):
+        for engine, style in (("ours", "o-"), ("official", "s-")):
             pts = sorted((r["k"], r["img_s"]) for r in rows if r["engine"] == engine and r["batch"] == batch)
             if pts:
                 ax.plot(*zip(*pts), style, label=f"{engine}, batch {batch}")
@@ -493,7 +488,7 @@ def plot(rows, title: str, path) -> None:
 def results_record(args, setups, flops, rows, complete: bool) -> dict:
     """The JSON record: device, config, engines, FLOPs, floors, rows (with ratios) and goals."""
     add_ratios(rows, flops)
-    engines = {name: ("the official recipe re-expressed (see the module docstring)" if setup is None else
+    engines = {name: (BASELINES[name].__doc__.split("\n\n")[0] if setup is None else
                       dict(dataclasses.asdict(setup), patches=[p.__name__ for p in setup.patches],
                            removes=ABLATIONS[name][0] if name in ABLATIONS else None))
                for name, setup in setups.items()}
@@ -527,8 +522,9 @@ def parse_args(argv):
     p.add_argument("--ablation-ks", help="K of the ablations (default 0 and the largest --ks)")
     p.add_argument("--repeats", type=int, help="timed steps per config (cuda 10, cpu 3)")
     p.add_argument("--warmup", type=int, help="untimed steps first (cuda 3, cpu 1)")
-    p.add_argument("--engines", default="ours,reference,ablations",
-                   help="comma separated: ours, reference, ablations (all that apply) or any of "
+    p.add_argument("--engines", default="ours,official,naive-attack,ablations",
+                   help="comma separated: ours, official, naive-attack (not a baseline), ablations (all that "
+                        "apply) or any of "
                         + ", ".join(ABLATIONS))
     p.add_argument("--compile", action="store_true",
                    help="compile the attack step (AttackSettings.compile_step: 'reduce-overhead' on cuda)")
@@ -597,7 +593,7 @@ def main(argv=None) -> dict:
     print()
     print_table(rows)
     print("overhead = step time / ST step time of the same engine; floor = FLOP-model floor of it; "
-          "vs ref = reference time / time")
+          "vs off = official step time / time (naive-attack: not a baseline)")
     print_goals(result)
     print(f"load average at the end: {result['info']['loadavg_end'][0]:.2f} ({os.cpu_count()} cores)")
     path = save_result(name, args.device, result)

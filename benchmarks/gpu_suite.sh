@@ -48,10 +48,10 @@ step $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_attacks.py
 step $PY benchmarks/bench_kernels.py
 step $PY benchmarks/bench_attack.py --compile reduce-overhead
 step $PY benchmarks/bench_data.py --workers 8 --epochs 2
-# training steps at 224, batch 128: ours (bf16, CUDA-graph attack step) vs the reference recipe, then
+# training steps at 224, batch 128: ours (bf16, CUDA-graph attack step) vs the official step (official.py), then
 # nf_resnet50, then ours minus each optimization (eager: each compiled variant would compile anew)
-bench 200 $PY benchmarks/bench_step.py --device cuda --model nf_resnet26 --compile --engines ours,reference,no-compile
-bench 80 $PY benchmarks/bench_step.py --device cuda --model nf_resnet50 --compile --engines ours,reference --ks 0,1,10
+bench 200 $PY benchmarks/bench_step.py --device cuda --model nf_resnet26 --compile --engines ours,official,naive-attack,no-compile
+bench 80 $PY benchmarks/bench_step.py --device cuda --model nf_resnet50 --compile --engines ours,official --ks 0,1,10
 bench 0 $PY benchmarks/bench_step.py --device cuda --model nf_resnet26 --engines ours,ablations --ks 0,10
 echo "gpu_suite finished with status $status in ${SECONDS}s" | tee -a "$LOG"
 exit $status

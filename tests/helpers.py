@@ -1,8 +1,11 @@
 """Shared test helpers: tolerances per dtype and output poisoning."""
 import contextlib
+import os
 
 import pytest
 import torch
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 # Liger-Kernel style: tolerance per dtype of the *output*, against float64 math.
 TOL = {

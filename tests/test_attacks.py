@@ -5,6 +5,7 @@ containment for every attack, the frozen attack mode (WS once per layer per atta
 gradient, no graph across steps, state restored), mixed precision, compile, argument checks.
 """
 import copy
+import sys
 import weakref
 
 import pytest
@@ -19,7 +20,10 @@ from fastnofrost.attacks.losses import Objective
 from fastnofrost.nn import ScaledStdConv2d, StdConv2d
 from fastnofrost.ops import pgd_random_start
 
-from helpers import needs_inductor_cpu
+from helpers import BENCHMARKS, needs_inductor_cpu
+
+sys.path.insert(0, BENCHMARKS)
+from official import noparamgrad_and_eval, official_model, official_pgd  # noqa: E402  (not a package)
 
 EPS = 0.1  # on 8x8 digits (16 grey levels): robust accuracy around 55-65%, clean 97%
 RELU_GAMMA = 1.7139588594436646
@@ -248,30 +252,27 @@ def test_random_targets_differ_from_labels():
 
 # ------------------------------------------------------------ the fused loop: exactness, frozen world
 
-def reference_pgd(model, x, y, start, eps, steps, alpha):
-    """advertorch-style eager loop: WS recomputed each forward, parameters requiring grad."""
-    x_adv = start.clone()
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        F.cross_entropy(model(x_adv), y).backward()
-        with torch.no_grad():
-            x_adv = x_adv + alpha * x_adv.grad.sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-    return x_adv.detach()
+def official_attack(model, x, y, start, steps, alpha, noparamgrad=True):
+    """The official code's attack (benchmarks/official.py): advertorch's PGDAttack inside
+    ctx_noparamgrad_and_eval; ``noparamgrad=False``: the naive attack, parameters requiring grad."""
+    with noparamgrad_and_eval(model, noparamgrad):
+        return official_pgd(model, x, y, EPS, steps, alpha, start=start)
 
 
-def test_pgd_equals_unfused_reference(digits64):
-    """Fused loop (WS once, fused step) against the eager loop with WS recomputed by pure torch:
-    the same iterates, in float64 (exact sign steps)."""
+def test_pgd_equals_the_official_attack(digits64):
+    """Fused loop (WS once, fused step) against the official code's attack on the model with
+    timm's WS recomputed in every forward: the same iterates, in float64 (exact sign steps). The
+    official attack computes no weight gradient either (advertorch freezes the parameters)."""
     model, x, y = digits64
-    ref_model = copy.deepcopy(model)
-    for layer in ws_layers(ref_model):
-        layer.backend = "reference"  # pure-torch WS, recomputed every step
-    steps, alpha = 10, None
+    official = official_model(model)
+    steps = 10
     start = pgd_random_start(x, EPS, generator=torch.Generator().manual_seed(3))
-    ours = pgd(model, x, y, EPS, steps, alpha, generator=torch.Generator().manual_seed(3))
-    ref = reference_pgd(ref_model, x, y, start, EPS, steps, min(1.25 * EPS, EPS + 4 / 255) / steps)
+    ours = pgd(model, x, y, EPS, steps, generator=torch.Generator().manual_seed(3))
+    with CountOps() as counter:
+        ref = official_attack(official, x, y, start, steps, min(1.25 * EPS, EPS + 4 / 255) / steps)
     torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
+    assert counter.weight_grad_convs == 0 and counter.counts["aten.convolution_backward"] >= steps * 3
+    assert all(p.grad is None and p.requires_grad for p in official.parameters())
 
 
 def nf_resnet_or_skip():
@@ -296,10 +297,10 @@ def test_ws_once_per_layer_and_no_weight_gradient(digits, model_name, attack):
     assert "fastnofrost.ws_backward" not in counter.counts
     assert counter.weight_grad_convs == 0
     assert all(p.grad is None for p in model.parameters())
-    # the counter does see weight gradients where they happen: the unfrozen reference loop
+    # the counter does see weight gradients where they happen: the naive attack (parameters requiring grad)
     try:
         with CountOps() as counter:
-            reference_pgd(model, x, y, x.clone(), EPS, 2, 0.02)
+            official_attack(model, x, y, x.clone(), 2, 0.02, noparamgrad=False)
     finally:
         model.zero_grad(set_to_none=True)
     assert counter.weight_grad_convs > 0 and counter.counts["fastnofrost.ws_backward"] > 0

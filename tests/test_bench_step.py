@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(REPO, "benchmarks")
+from helpers import BENCHMARKS as BENCH
+
 sys.path.insert(0, BENCH)
 
 from bench_step import flop_floor  # noqa: E402  (benchmarks/ is not a package)
@@ -29,9 +29,9 @@ def test_quick_run_writes_every_engine_and_k(tmp_path):
     result = json.loads((tmp_path / "bench_step_nf_resnet26_small_quick.json").read_text())
     assert result["complete"] and (tmp_path / "bench_step_nf_resnet26_small_quick.png").stat().st_size > 0
     ks, ablation_ks = result["config"]["ks"], result["config"]["ablation_ks"]
-    expected = {("ours", k) for k in ks} | {("reference", k) for k in ks} | {
-        (name, k) for name in ("no-ws-cache", "weight-grads", "two-forwards", "unfused-pgd", "unfused-ws")
-        for k in ablation_ks}
+    expected = {("ours", k) for k in ks} | {("official", k) for k in ks} | {
+        (name, k) for name in ("naive-attack", "no-ws-cache", "weight-grads", "two-forwards", "unfused-pgd",
+                               "unfused-ws") for k in ablation_ks}
     assert {(r["engine"], r["k"]) for r in result["rows"]} == expected
     assert set(result["engines"]) == {name for name, _ in expected}
     flops = result["flops_per_image"]
