@@ -30,7 +30,7 @@ import time
 import torch
 
 import fastnofrost
-from official import noparamgrad_and_eval, official_model, official_pgd  # benchmarks/ is on sys.path
+from official import official_attack, official_model  # benchmarks/ is on sys.path
 from results_io import save_result
 from fastnofrost.attacks import default_alpha, pgd
 from fastnofrost.ops import pgd_random_start
@@ -52,12 +52,6 @@ def build_models(device):
             if name.endswith("gain"):
                 p.uniform_(0.5, 1.5)
     return model, official_model(model)
-
-
-def attack_as_official(model, x, y, start, steps, alpha, noparamgrad=True):
-    """The official code's attack call: PGDAttack.perturb inside ctx_noparamgrad_and_eval."""
-    with noparamgrad_and_eval(model, noparamgrad):
-        return official_pgd(model, x, y, EPS, steps, alpha, start=start)
 
 
 def describe_device(device):
@@ -107,8 +101,8 @@ def main(argv=None):
     if args.compile:
         for prec in [p for p in precisions if p in ("fp32", "bf16")]:
             candidates[f"ours {prec} compile={args.compile}"] = ours(prec, args.compile)
-    candidates[OFFICIAL] = lambda steps: attack_as_official(official, x, y, start, steps, alpha)
-    candidates[NAIVE] = lambda steps: attack_as_official(official, x, y, start, steps, alpha, noparamgrad=False)
+    candidates[OFFICIAL] = lambda steps: official_attack(official, x, y, EPS, steps, alpha, start)
+    candidates[NAIVE] = lambda steps: official_attack(official, x, y, EPS, steps, alpha, start, noparamgrad=False)
 
     for name, fn in candidates.items():  # warm-up: one step each (compiles, allocator)
         fn(1)
@@ -130,7 +124,7 @@ def main(argv=None):
     n = min(8, args.batch)
     same_start = pgd_random_start(x[:n], EPS, generator=torch.Generator().manual_seed(0))
     assert torch.equal(same_start, start[:n]), "the fused random start is not per-element deterministic"
-    eager = attack_as_official(model, x[:n], y[:n], same_start, args.steps, alpha)
+    eager = official_attack(model, x[:n], y[:n], EPS, args.steps, alpha, same_start)
     check = (pgd(model, x[:n], y[:n], EPS, args.steps, alpha, generator=torch.Generator().manual_seed(0))
              - eager).abs().max().item()
     medians = {name: statistics.median(t) for name, t in times.items()}

@@ -115,6 +115,13 @@ def official_pgd(model, x, y, eps: float, steps: int, alpha: float, start=None, 
     return torch.clamp(x + delta, 0.0, 1.0).detach()
 
 
+def official_attack(model, x, y, eps: float, steps: int, alpha: float, start=None, noparamgrad: bool = True):
+    """PGDAT.py's attack call: ``PGDAttack.perturb`` inside ``ctx_noparamgrad_and_eval``
+    (``noparamgrad=False``: the naive attack, parameters left requiring grad)."""
+    with noparamgrad_and_eval(model, noparamgrad):
+        return official_pgd(model, x, y, eps, steps, alpha, start=start)
+
+
 def _step(model, optimizer, steps: int, eps: float, alpha: float, lam: float, smoothing: float, noparamgrad: bool):
     def step(x, y):
         model.train()
@@ -122,8 +129,7 @@ def _step(model, optimizer, steps: int, eps: float, alpha: float, lam: float, sm
         loss_clean = F.cross_entropy(logits, y, label_smoothing=smoothing)
         loss, loss_adv, logits_adv = loss_clean, None, None
         if steps and lam:
-            with noparamgrad_and_eval(model, noparamgrad):
-                x_adv = official_pgd(model, x, y, eps, steps, alpha)
+            x_adv = official_attack(model, x, y, eps, steps, alpha, noparamgrad=noparamgrad)
             logits_adv = model(x_adv)
             loss_adv = F.cross_entropy(logits_adv, y, label_smoothing=smoothing)
             loss = (1 - lam) * loss_clean + lam * loss_adv

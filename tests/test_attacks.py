@@ -23,7 +23,7 @@ from fastnofrost.ops import pgd_random_start
 from helpers import BENCHMARKS, needs_inductor_cpu
 
 sys.path.insert(0, BENCHMARKS)
-from official import noparamgrad_and_eval, official_model, official_pgd  # noqa: E402  (not a package)
+from official import official_attack, official_model  # noqa: E402  (not a package)
 
 EPS = 0.1  # on 8x8 digits (16 grey levels): robust accuracy around 55-65%, clean 97%
 RELU_GAMMA = 1.7139588594436646
@@ -252,13 +252,6 @@ def test_random_targets_differ_from_labels():
 
 # ------------------------------------------------------------ the fused loop: exactness, frozen world
 
-def official_attack(model, x, y, start, steps, alpha, noparamgrad=True):
-    """The official code's attack (benchmarks/official.py): advertorch's PGDAttack inside
-    ctx_noparamgrad_and_eval; ``noparamgrad=False``: the naive attack, parameters requiring grad."""
-    with noparamgrad_and_eval(model, noparamgrad):
-        return official_pgd(model, x, y, EPS, steps, alpha, start=start)
-
-
 def test_pgd_equals_the_official_attack(digits64):
     """Fused loop (WS once, fused step) against the official code's attack on the model with
     timm's WS recomputed in every forward: the same iterates, in float64 (exact sign steps). The
@@ -269,7 +262,7 @@ def test_pgd_equals_the_official_attack(digits64):
     start = pgd_random_start(x, EPS, generator=torch.Generator().manual_seed(3))
     ours = pgd(model, x, y, EPS, steps, generator=torch.Generator().manual_seed(3))
     with CountOps() as counter:
-        ref = official_attack(official, x, y, start, steps, min(1.25 * EPS, EPS + 4 / 255) / steps)
+        ref = official_attack(official, x, y, EPS, steps, min(1.25 * EPS, EPS + 4 / 255) / steps, start)
     torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
     assert counter.weight_grad_convs == 0 and counter.counts["aten.convolution_backward"] >= steps * 3
     assert all(p.grad is None and p.requires_grad for p in official.parameters())
@@ -300,7 +293,7 @@ def test_ws_once_per_layer_and_no_weight_gradient(digits, model_name, attack):
     # the counter does see weight gradients where they happen: the naive attack (parameters requiring grad)
     try:
         with CountOps() as counter:
-            official_attack(model, x, y, x.clone(), 2, 0.02, noparamgrad=False)
+            official_attack(model, x, y, EPS, 2, 0.02, x.clone(), noparamgrad=False)
     finally:
         model.zero_grad(set_to_none=True)
     assert counter.weight_grad_convs > 0 and counter.counts["fastnofrost.ws_backward"] > 0
