@@ -13,12 +13,15 @@ Side by side in one run:
                 common mistake in user code: every step also computes the weight gradients)
 
 Medians of wall time per attack; candidates are timed in interleaved rounds after a 1-step
-warm-up of each, so drift in machine load falls on every candidate alike. Also reports how
-far ours (fp32) lands from the official loop run with the same (fused) WS op and start. Prints a
-table and writes JSON to benchmarks/results/<device>/bench_attack.json (or $OUT/).
+warm-up of each, so drift in machine load falls on every candidate alike. On CPU every candidate
+runs with large buffers kept in glibc's heap, as training does (--default-malloc: glibc's default
+for all). Also reports how far ours (fp32) lands from the official loop run with the same
+(fused) WS op and start. Prints a table and writes JSON to
+benchmarks/results/<device>/bench_attack.json (or $OUT/).
 
     python benchmarks/bench_attack.py [--device cpu|cuda] [--batch 128] [--steps 10] [--repeats 3]
                                       [--precisions fp32,bf16] [--compile MODE]
+                                      [--default-malloc]
 """
 import argparse
 import os
@@ -31,7 +34,7 @@ import torch
 
 import fastnofrost
 from official import official_attack, official_model  # benchmarks/ is on sys.path
-from results_io import save_result
+from results_io import save_result, set_allocator
 from fastnofrost.attacks import default_alpha, pgd
 from fastnofrost.ops import pgd_random_start
 
@@ -76,10 +79,15 @@ def main(argv=None):
     p.add_argument("--compile", default=None, metavar="MODE",
                    help="also time ours (fp32 and bf16 if listed) with compile_step=MODE "
                         "('default', 'reduce-overhead')")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="CPU: leave glibc's mmap threshold as is (default: keep_large_buffers for every "
+                        "candidate, as train.py and bench_step do)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_attack: --device cuda but no CUDA device is visible")
     device = args.device
+    allocator = set_allocator(device, args.default_malloc)  # the same for every candidate
+    load_start = os.getloadavg()[0]
     torch.backends.cudnn.benchmark = True  # as PGDAT.py; for every candidate alike
     precisions = (args.precisions or ("fp32,bf16,fp16" if device == "cuda" else "fp32")).split(",")
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -129,7 +137,9 @@ def main(argv=None):
              - eager).abs().max().item()
     medians = {name: statistics.median(t) for name, t in times.items()}
     ref_ms = medians[OFFICIAL]
-    result = dict(info=describe_device(device),
+    info = dict(describe_device(device), allocator=allocator, load_average_start=load_start,
+                load_average_end=os.getloadavg()[0])
+    result = dict(info=info,
                   config=dict(model="nf_resnet26_small", batch=args.batch, input=[3, 32, 32], eps=EPS,
                               steps=args.steps, alpha=alpha, repeats=args.repeats),
                   baseline=OFFICIAL, ms=medians, all_ms=times,
