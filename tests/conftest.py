@@ -2,15 +2,31 @@
 
 Without CUDA, the Triton kernels run on CPU tensors through Triton's interpreter, which must
 be switched on before triton is first imported: hence here, before anything else.
+
+Inductor's cache is private to the session (unless TORCHINDUCTOR_CACHE_DIR is set): torch's FX
+graph cache keys compiled CPU code without the vector ISA it was generated for, so code that a
+run at another ATEN_CPU_CAPABILITY (or on another host sharing the directory) left in
+/tmp/torchinductor_<user> is served here and computes NaNs and wrong gradients, or dies of
+SIGBUS. Subprocesses of the tests inherit the same directory.
 """
 import os
+import shutil
+import tempfile
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+_INDUCTOR_CACHE = None
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _INDUCTOR_CACHE = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastnofrost-tests-inductor-")
 
 import pytest  # noqa: E402
+
+
+def pytest_unconfigure(config):
+    if _INDUCTOR_CACHE is not None:
+        shutil.rmtree(_INDUCTOR_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,7 +9,10 @@ ISA. Both can be forced down, so one machine can run the suite under every combi
     OMP_NUM_THREADS      1, 2
 
 and a test that depends on one host's rounding shows up here before it reaches CI on another
-host. Each combination is one pytest process; the table of passed / failed / skipped counts is
+host. Each combination gets an inductor cache of its own: torch's FX graph cache keys compiled
+CPU code without the vector ISA it was generated for, so a graph compiled at avx512 and served
+at avx2 (or the reverse) computes garbage or dies of SIGBUS, a failure of the cache, not of a
+test. Each combination is one pytest process; the table of passed / failed / skipped counts is
 printed as they finish and at the end (and written as JSON with --json). Not part of `make test`:
 the whole matrix takes well over an hour on a 2-core machine.
 
@@ -58,8 +61,9 @@ def counts(junit: str) -> dict:
 
 def run_one(python: str, combo: tuple, pytest_args: list) -> dict:
     aten, onednn, threads = combo
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=aten, ONEDNN_MAX_CPU_ISA=onednn, OMP_NUM_THREADS=str(threads))
     with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, ATEN_CPU_CAPABILITY=aten, ONEDNN_MAX_CPU_ISA=onednn, OMP_NUM_THREADS=str(threads),
+                   TORCHINDUCTOR_CACHE_DIR=os.path.join(tmp, "inductor"))
         junit = os.path.join(tmp, "junit.xml")
         start = time.time()
         proc = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
