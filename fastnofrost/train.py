@@ -30,19 +30,13 @@ from fastnofrost.methods import AttackSettings, build_method
 from fastnofrost.models import create_model
 from fastnofrost.training import distributed
 from fastnofrost.training.checkpoint import Checkpoints, save_weights
+from fastnofrost.training.finite import LossWatch, TrainingError, check_weights
 from fastnofrost.training.host import keep_large_buffers
 from fastnofrost.training.logger import RunLog, plot, summary_table
 from fastnofrost.training.schedule import cosine_with_warmup
 from fastnofrost.training.validate import validate
 
 log = logging.getLogger("fastnofrost.train")
-MAX_SKIPPED_FP16 = 20  # consecutive non-finite fp16 losses before giving up
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (for example a non-finite loss); the message says where and why."""
-
-
 def resolve(cfg: TrainConfig, device: torch.device):
     """(precision, data backend, channels_last) with 'auto' resolved for the device."""
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
@@ -158,7 +152,8 @@ class Trainer:
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor), config=ds_config)
         self.checkpoints = Checkpoints(os.path.join(cfg.run_dir, "checkpoints"), cfg.keep_last)
         self.state = {"epoch": 0, "batch": 0, "best_clean": -1.0, "best_robust": -1.0, "val": []}
-        self.skipped_fp16 = 0
+        # non-finite losses: read at log boundaries and saves (fp16: every step, to skip the batch)
+        self.watch = LossWatch(device, skip_non_finite=self.precision == "fp16", say=self.log.info)
         self.started = time.time()
         self.images = 0
 
@@ -193,8 +188,8 @@ class Trainer:
             *views, y = batch
             boundary = engine.is_gradient_accumulation_boundary()
             out = self.method(engine, engine.module, views[0], y, views[1] if len(views) > 1 else None)
-            if not self._finite(out):
-                continue
+            if not self.watch.add(out.loss, out.parts, engine.global_steps + 1, epoch):
+                continue  # fp16: a non-finite loss skips its batch
             engine.backward(out.loss)
             engine.step()
             interval.add(out, len(y))
@@ -205,6 +200,7 @@ class Trainer:
             self.state["batch"] = index + 1
             postfix = None
             if step % cfg.log_every == 0 or self.state["batch"] == n_micro:
+                self.watch.check()
                 postfix = self._log_train(interval, step, epoch)
                 interval = _Interval(self.device)
             self.log.advance(postfix)
@@ -213,6 +209,7 @@ class Trainer:
             if cfg.save_every and step % cfg.save_every == 0 and self.state["batch"] < n_micro:
                 self._save()
         self.log.end_epoch()
+        self.watch.check()
         self.train_loader.report()
         finished_epoch = self.state["batch"] >= n_micro
         if finished_epoch:
@@ -221,24 +218,6 @@ class Trainer:
         if self.val_loader is not None and (last or (finished_epoch and (epoch + 1) % cfg.val_every == 0)):
             self._validate(epoch)
         self._save()
-
-    def _finite(self, out) -> bool:
-        """All ranks agree on whether the loss is finite; fp16 skips such a batch (the loss
-        scaler handles overflowing gradients), other precisions stop with the loss parts named."""
-        finite = torch.isfinite(out.loss.detach()).to(torch.float64)
-        if self.world > 1:
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        if bool(finite.item()):
-            self.skipped_fp16 = 0
-            return True
-        parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.parts.items())
-        where = f"step {self.engine.global_steps + 1} (epoch {self.state['epoch'] + 1}): loss {out.loss.item():.4g} ({parts})"
-        if self.precision == "fp16" and self.skipped_fp16 < MAX_SKIPPED_FP16:
-            self.skipped_fp16 += 1
-            self.log.info(f"warning: non-finite loss at {where}; batch skipped (fp16)")
-            return False
-        raise TrainingError(f"non-finite loss at {where} on some rank; stopping without writing a checkpoint. "
-                            "Lower --lr, check the data, or try --precision fp32")
 
     def _log_train(self, interval, step, epoch) -> dict:
         values = interval.reduce()
@@ -266,6 +245,8 @@ class Trainer:
             plot(cfg.run_dir)
 
     def _save(self) -> None:
+        self.watch.check()
+        check_weights(self.engine.module, self.engine.global_steps)
         self.checkpoints.save(self.engine, f"step{self.engine.global_steps}", dict(self.state))
 
     def _finish(self) -> dict:

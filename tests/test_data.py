@@ -80,6 +80,21 @@ def test_two_shards_cover_the_set(folder, backend):
     assert train_counts == [(n_train // 2) // 5] * 2
 
 
+def test_in_memory_data_is_checked_once_where_batches_are_made():
+    """The training attack does not read batches on the host: an in-memory data set must hold
+    uint8 images (pixels in [0, 1] after / 255) and labels the model can score."""
+    from fastnofrost.data.datasets import TensorLoader
+
+    images, sharding = torch.zeros(8, 1, 4, 4, dtype=torch.uint8), Sharding(8, 4, True)
+    TensorLoader(images, torch.arange(8) % 3, sharding, image_size=4, num_classes=3)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\), got \[0, 3\]"):
+        TensorLoader(images, torch.arange(8) % 4, sharding, image_size=4, num_classes=3)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\), got \[-1, 1\]"):
+        TensorLoader(images, torch.arange(8) % 3 - 1, sharding, image_size=4, num_classes=3)
+    with pytest.raises(ValueError, match="images must be uint8, got torch.float32"):
+        TensorLoader(images.float(), torch.arange(8) % 3, sharding, image_size=4, num_classes=3)
+
+
 def test_sharding_is_disjoint_and_even():
     for n, b, w in [(24, 4, 2), (23, 4, 2), (37, 3, 4), (10, 1, 3)]:
         shards = [Sharding(n, b, True, r, w, seed=1) for r in range(w)]

@@ -269,18 +269,57 @@ def test_two_deepspeed_ranks_equal_one_rank_on_the_full_batch(tmp_path):
     assert l1[4] != l1[1]  # the weights moved
 
 
-def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
-    proc = subprocess.run(train_cmd(tmp_path / "r", "--lr", "1e9", "--max-steps", "30", "--val-every", "0",
-                                    "--save-every", "1"),
+@pytest.mark.parametrize("save_every,log_every", [(1, 50), (0, 4)])
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, save_every, log_every):
+    """The loss is watched on the device and read at log boundaries and before saves: the run
+    stops at the first of them after the blow-up, names the step, and no checkpoint holds
+    non-finite weights."""
+    out = tmp_path / "r"
+    proc = subprocess.run(train_cmd(out, "--lr", "1e9", "--max-steps", "30", "--val-every", "0",
+                                    "--save-every", str(save_every), "--log-every", str(log_every)),
                           capture_output=True, text=True, env=env(), timeout=600)
-    assert proc.returncode == 1 and "non-finite loss at step" in proc.stderr
-    assert "clean=" in proc.stderr and "adv=" in proc.stderr
-    ckpts = tmp_path / "r" / "checkpoints"
-    if ckpts.exists():  # the checkpoints written before the blow-up hold finite weights
-        for tag in os.listdir(ckpts):
-            if tag.startswith("step"):
-                state = torch.load(ckpts / tag / "mp_rank_00_model_states.pt", weights_only=False)["module"]
-                assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert proc.returncode == 1 and "non-finite loss at step" in proc.stderr, proc.stderr[-2000:]
+    assert "clean=" in proc.stderr and "adv=" in proc.stderr and "stopping without writing a checkpoint" in proc.stderr
+    bad = int(proc.stderr.split("non-finite loss at step ")[1].split()[0])
+    logged = [r["step"] for r in read_log(str(out)) if r["kind"] == "train"]
+    assert all(step < bad for step in logged)  # no log line after the blow-up
+    if not save_every:  # stopped at the next log boundary: nothing was logged there or after
+        assert logged == [s for s in range(log_every, bad, log_every)]
+    ckpts = out / "checkpoints"
+    saved = [t for t in os.listdir(ckpts) if t.startswith("step")] if ckpts.exists() else []
+    assert all(int(t[4:]) < bad for t in saved)
+    for tag in saved:  # the checkpoints written before the blow-up hold finite weights
+        state = torch.load(ckpts / tag / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+# The host reads a method needs inside a step, per attack, with the reason.
+NEEDED_READS = {
+    "item in pgd.py:pgd_random_start": "the random start's seed, drawn from torch's CPU generator: a host "
+                                       "tensor on every device, so no device sync",
+}
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("nofrost", ()), ("trades", ()), ("fat", ()), ("mbnat", ("--model", "resnet26_dualbn_small")),
+    ("nofrost", ("--data-backend", "synthetic")),
+], ids=["nofrost", "trades", "fat", "mbnat", "nofrost-synthetic"])
+def test_no_host_read_inside_training_steps(tmp_path, method, extra):
+    """Between log boundaries a step reads no tensor on the host (no .item(), bool(), ...): the
+    host queues the next kernels while the device works. Counted by tests/host_reads.py over 4
+    steps; only the reads of NEEDED_READS (and FAT's early stop) are allowed, each an exact
+    number of times."""
+    report = tmp_path / "reads.json"
+    run([sys.executable, os.path.join(REPO, "tests", "host_reads.py"), str(report), "--",
+         *train_cmd(tmp_path / "r", "--method", method, "--max-steps", "4", "--log-every", "2", "--val-every", "0",
+                    *extra)[2:]])
+    result = json.loads(report.read_text())
+    assert result["rc"] == 0
+    attacks, steps = 4, 2  # one attack per step; PGD-2 (train_cmd's --steps)
+    expected = {name: attacks for name in NEEDED_READS if method != "trades"}  # TRADES: a Gaussian start
+    if method == "fat":  # the early stop asks the host, per PGD step, whether any sample still moves
+        expected["__bool__ in pgd.py:pgd"] = attacks * steps
+    assert result["calls"] == expected
 
 
 def test_deepspeed_config_from_flags_and_checked_file(tmp_path):

@@ -50,8 +50,9 @@ def default_alpha(eps: float, steps: int) -> float:
     return min(1.25 * eps, eps + 4 / 255) / steps
 
 
-def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
-    """x: float32/float64 (N, ...) pixels in [0, 1]; y: int64 (N,) labels >= 0 on x's device."""
+def check_inputs(x: torch.Tensor, y: torch.Tensor, values: bool = True) -> None:
+    """x: float32/float64 (N, ...) pixels in [0, 1]; y: int64 (N,) labels >= 0 on x's device.
+    ``values=False`` checks types, shapes and devices only: no read of the data (no host sync)."""
     if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float64) or x.dim() < 2:
         raise TypeError("x must be a float32 (or float64) tensor of shape (N, ...) holding pixels in [0, 1], got "
                         f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}; the model may "
@@ -63,6 +64,8 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"x and y must be on one device, got {x.device} and {y.device}")
     if x.numel() == 0:
         raise ValueError("x is empty: nothing to attack")
+    if not values:
+        return
     lo, hi, y_min = torch.stack([x.min().double(), x.max().double(), y.min().double()]).tolist()
     if not (0.0 <= lo and hi <= 1.0):
         raise ValueError(f"inputs must be pixels in [0, 1] (normalization is the model's first layer), "

@@ -27,7 +27,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, steps: in
         alpha: Optional[float] = None, *, random_start: Union[bool, float] = True, loss: str = "ce",
         target: Union[None, str, torch.Tensor] = None, decay: Optional[float] = None, confidence: float = 50.0,
         early_stop: Optional[int] = None, precision: str = "fp32", loss_scale: Optional[float] = None,
-        compile_step=False, generator=None, return_success: bool = False):
+        compile_step=False, generator=None, return_success: bool = False, validate: bool = True):
     """L-inf PGD in [0, 1] pixel space; returns ``x_adv`` (and per-sample success if asked).
 
     Args:
@@ -49,6 +49,9 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, steps: in
             attack (see :func:`~fastnofrost.attacks.common.compiled`).
         generator: torch.Generator (CPU) for the random start and random targets.
         return_success: also return success of the final x_adv (one extra forward).
+        validate: read x and y on the host once (one sync) to check the pixel range and the
+            labels; the training methods pass False, as their loaders make batches valid by
+            construction (types, shapes and devices are checked either way).
     """
     eps, steps = check_eps(eps), check_count(steps, "steps")
     alpha = default_alpha(eps, steps) if alpha is None else check_positive(alpha, "alpha")
@@ -58,9 +61,9 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, steps: in
         check_count(early_stop, "early_stop (FAT's tau)", minimum=0)
     check_start(random_start)
     check_compile_step(compile_step)
-    check_inputs(x, y)
+    check_inputs(x, y, values=validate)
     prec = Precision(precision, loss_scale)
-    objective = Objective(loss, y, target, confidence, generator)
+    objective = Objective(loss, y, target, confidence, generator, validate=validate)
 
     with attack_mode(model):
         forward = compiled(model, compile_step, prec, x.device.type)

@@ -71,6 +71,12 @@ class TensorLoader(EpochLoader):
         super().__init__(sharding, num_classes=num_classes, **kw)
         if len(images) != len(labels) or len(images) != sharding.num_samples:
             raise ValueError(f"{len(images)} images, {len(labels)} labels, sharding of {sharding.num_samples}")
+        # checked once here, so every batch holds pixels in [0, 1] and valid labels (the training
+        # attack does not read them again)
+        if images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8, got {images.dtype}")
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
         self.images, self.labels = images, labels
         self.image_size = image_size
         self.debiased = debiased if sharding.train else None

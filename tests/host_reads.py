@@ -1,0 +1,57 @@
+"""Run fastnofrost/train.py in this process and count host reads of tensors inside training steps.
+
+    python tests/host_reads.py OUT.json -- <train.py flags>
+
+Counts calls of Tensor.item / tolist / __bool__ / __int__ / __float__ / cpu / numpy made while
+the trainer's epoch loop runs a step: the stack holds ``Trainer._epoch`` and none of the
+boundary work (logging, the loss watch's check, saving, validation, the loader's per-epoch set
+up and report). Each call is recorded with the innermost frame of fastnofrost or deepspeed that
+made it. Used by tests/test_train.py.
+"""
+import collections
+import json
+import os
+import sys
+
+import torch
+
+BOUNDARY = {"_log_train", "check", "_save", "_validate", "report", "set_epoch", "start_epoch", "end_epoch"}
+READS = ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy")
+calls = collections.Counter()
+
+
+def where_in_step():
+    frame, names, site = sys._getframe(2), [], None
+    while frame is not None:
+        code = frame.f_code
+        names.append(code.co_name)
+        if site is None and ("fastnofrost" in code.co_filename or "deepspeed" in code.co_filename):
+            site = f"{os.path.basename(code.co_filename)}:{code.co_name}"
+        frame = frame.f_back
+    if "_epoch" not in names or BOUNDARY & set(names):
+        return None
+    return site or "?"
+
+
+def counting(name, original):
+    def read(self, *args, **kwargs):
+        site = where_in_step()
+        if site is not None:
+            calls[f"{name} in {site}"] += 1
+        return original(self, *args, **kwargs)
+    return read
+
+
+def main():
+    out, argv = sys.argv[1], sys.argv[sys.argv.index("--") + 1:]
+    for name in READS:
+        setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    from fastnofrost import train
+
+    rc = train.main(argv)
+    with open(out, "w") as fh:
+        json.dump({"rc": rc, "calls": dict(calls)}, fh)
+
+
+if __name__ == "__main__":
+    main()
