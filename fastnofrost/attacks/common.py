@@ -1,7 +1,7 @@
 """What every attack shares: argument checks, the frozen attack mode, mixed precision, and the
 one gradient computation (w.r.t. the input only).
 
-Attack mode ("attack inside a frozen world", DESIGN.md): while an attack runs the model is in
+Attack mode ("attack inside a frozen world", docs/design.md): while an attack runs the model is in
 eval mode (dropout and drop-path off), every parameter has ``requires_grad=False`` and
 weight-standardized layers compute their standardized weight once (``frozen_weights()``).
 With frozen parameters and detached standardized weights, autograd builds no weight-gradient

@@ -10,10 +10,10 @@ A method is called once per training step::
 ``module`` is the bare model the attack runs on (:func:`fastnofrost.attacks.pgd`: eval mode,
 frozen weights, input gradients only, under the attack ``precision``).
 
-Views and batch statistics (DESIGN.md, principle 3): a model without BatchNorm treats every
-sample on its own, so the clean, augmented and adversarial views of a batch go through ONE
-forward and ONE backward (``torch.cat``); a model with BatchNorm gets one forward per view, so
-BN never normalizes clean and adversarial samples together.
+Views and batch statistics (docs/design.md, "No BatchNorm across views"): a model without
+BatchNorm treats every sample on its own, so the clean, augmented and adversarial views of a
+batch go through ONE forward and ONE backward (``torch.cat``); a model with BatchNorm gets one
+forward per view, so BN never normalizes clean and adversarial samples together.
 """
 from dataclasses import dataclass
 from typing import Dict, NamedTuple, Optional

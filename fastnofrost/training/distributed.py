@@ -64,7 +64,7 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Barrier + destroy: avoids a rare abort at exit (DESIGN.md, testing on CPU)."""
+    """Barrier + destroy: avoids a rare abort at exit (docs/design.md, rationales)."""
     if dist.is_initialized():
         barrier()
         dist.destroy_process_group()
