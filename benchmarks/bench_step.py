@@ -378,25 +378,42 @@ def run_isolated(argv, engine: str, k: int, batch: int) -> dict:
 
 
 def run_all(args, argv, setups: dict, record) -> None:
-    """Every config, each row handed to ``record``. Isolated (CPU): one process per config,
-    K-major so load drift spreads over the engines; else here, engine-major, each engine's model
-    built once (compiled graphs are reused across K), compile caches and CUDA-graph memory pools
-    dropped between engines so each engine's peak memory is its own."""
+    """Every config, each row handed to ``record``, the whole sweep ``--rounds`` times. Isolated
+    (CPU): one process per config, K-major so load drift spreads over the engines; else here,
+    engine-major, each engine's model built once (compiled graphs are reused across K), compile
+    caches and CUDA-graph memory pools dropped between engines so each engine's peak memory is
+    its own."""
     plan = [(name, batch, args.ks if name in FULL_KS else args.ablation_ks)
             for batch in args.batch_sizes for name in setups]
-    if args.in_process:
-        for name, batch, ks in plan:
-            record(measure(args, name, setups[name], ks, batch))
-            if args.compile:
-                torch._dynamo.reset()
-            if args.device == "cuda":
-                torch.cuda.empty_cache()
+    for _ in range(args.rounds):
+        if args.in_process:
+            for name, batch, ks in plan:
+                record(measure(args, name, setups[name], ks, batch))
+                if args.compile:
+                    torch._dynamo.reset()
+                if args.device == "cuda":
+                    torch.cuda.empty_cache()
+            continue
+        for batch in args.batch_sizes:
+            for k in sorted(set(args.ks) | set(args.ablation_ks)):
+                for name, b, ks in plan:
+                    if b == batch and k in ks:
+                        record([run_isolated(argv, name, k, batch)])
+
+
+def merge_row(rows: list, row: dict) -> None:
+    """Add a measured row; a config measured again (another round) pools its step times: the
+    median over all of them, the largest peak memory."""
+    same = next((r for r in rows if (r["engine"], r["k"], r["batch"]) == (row["engine"], row["k"], row["batch"])),
+                None)
+    if same is None:
+        rows.append(row)
         return
-    for batch in args.batch_sizes:
-        for k in sorted(set(args.ks) | set(args.ablation_ks)):
-            for name, b, ks in plan:
-                if b == batch and k in ks:
-                    record([run_isolated(argv, name, k, batch)])
+    same["all_ms"] = same["all_ms"] + row["all_ms"]
+    same["ms"] = statistics.median(same["all_ms"])
+    same["img_s"] = same["batch"] / same["ms"] * 1e3
+    if row["peak_mib"] is not None:
+        same["peak_mib"] = max(same["peak_mib"], row["peak_mib"])
 
 
 # ------------------------------------------------------------------ reporting
@@ -497,7 +514,8 @@ def results_record(args, setups, flops, rows, complete: bool) -> dict:
               "peak RSS of a process running only that config" if not args.in_process else None)
     config = dict(device=args.device, model=args.model, image_size=args.image_size, width=args.width,
                   num_classes=args.num_classes, batch_sizes=args.batch_sizes, ks=args.ks, ablation_ks=args.ablation_ks,
-                  warmup=args.warmup, repeats=args.repeats, compile=args.compile, in_process=args.in_process,
+                  warmup=args.warmup, repeats=args.repeats, rounds=args.rounds, compile=args.compile,
+                  in_process=args.in_process,
                   memory=memory, allocator=args.allocator, eps=EPS, lam=LAMBDA, smoothing=SMOOTHING, drop=DROP, drop_path=DROP_PATH,
                   img_s="clean training images per second (the adversarial copies are not counted)")
     info = dict(describe_device(args.device), loadavg_start=args.loadavg_start, loadavg_end=os.getloadavg())
@@ -522,6 +540,9 @@ def parse_args(argv):
     p.add_argument("--ablation-ks", help="K of the ablations (default 0 and the largest --ks)")
     p.add_argument("--repeats", type=int, help="timed steps per config (cuda 10, cpu 3)")
     p.add_argument("--warmup", type=int, help="untimed steps first (cuda 3, cpu 1)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the whole sweep this many times and pool each config's steps: drift in machine "
+                        "load then falls on every config alike (default 1)")
     p.add_argument("--engines", default="ours,official,naive-attack,ablations",
                    help="comma separated: ours, official, naive-attack (not a baseline), ablations (all that "
                         "apply) or any of "
@@ -543,8 +564,8 @@ def parse_args(argv):
             setattr(args, key, value)
     args.batch_sizes, args.ks = _ints(args.batch_sizes), _ints(args.ks)
     args.ablation_ks = _ints(args.ablation_ks) if args.ablation_ks else sorted({0, max(args.ks)})
-    if min(args.ks + args.ablation_ks) < 0 or args.repeats < 1 or args.warmup < 0:
-        p.error("K >= 0, --repeats >= 1 and --warmup >= 0")
+    if min(args.ks + args.ablation_ks) < 0 or args.repeats < 1 or args.warmup < 0 or args.rounds < 1:
+        p.error("K >= 0, --repeats >= 1, --rounds >= 1 and --warmup >= 0")
     isolate = args.isolate if args.isolate is not None else (args.device == "cpu" and not args.quick)
     if isolate and args.device == "cuda":
         p.error("--isolate is for CPU (CUDA memory is measured in-process)")
@@ -585,7 +606,8 @@ def main(argv=None) -> dict:
     rows = []
 
     def checkpoint(new_rows):  # partial JSON after every measurement: a killed run keeps what it has
-        rows.extend(new_rows)
+        for row in new_rows:
+            merge_row(rows, row)
         save_result(name, args.device, results_record(args, setups, flops, rows, complete=False), quiet=True)
 
     run_all(args, argv, setups, checkpoint)

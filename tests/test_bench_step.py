@@ -12,13 +12,22 @@ from helpers import BENCHMARKS as BENCH
 
 sys.path.insert(0, BENCH)
 
-from bench_step import flop_floor  # noqa: E402  (benchmarks/ is not a package)
+from bench_step import flop_floor, merge_row  # noqa: E402  (benchmarks/ is not a package)
 
 
 @pytest.mark.parametrize("k, expected", [(0, 1.0), (1, (1 * 5 + 2 * 9) / 9), (10, (10 * 5 + 2 * 9) / 9)])
 def test_flop_floor_by_hand(k, expected):
     # fwd 2, input-grad 3, weight-grad 4: ST = 9; a K-step NoFrost step = K * 5 + 2 * 9
     assert flop_floor(k, fwd=2.0, igrad=3.0, wgrad=4.0) == pytest.approx(expected)
+
+
+def test_rounds_pool_the_steps_of_one_config():
+    rows = []
+    merge_row(rows, dict(engine="ours", k=1, batch=4, ms=3.0, all_ms=[3.0, 1.0, 5.0], img_s=4 / 3e-3, peak_mib=10.0))
+    merge_row(rows, dict(engine="ours", k=0, batch=4, ms=1.0, all_ms=[1.0], img_s=4e3, peak_mib=None))
+    merge_row(rows, dict(engine="ours", k=1, batch=4, ms=8.0, all_ms=[9.0, 8.0, 7.0], img_s=4 / 8e-3, peak_mib=12.0))
+    assert [(r["k"], r["all_ms"]) for r in rows] == [(1, [3.0, 1.0, 5.0, 9.0, 8.0, 7.0]), (0, [1.0])]
+    assert rows[0]["ms"] == 6.0 and rows[0]["img_s"] == pytest.approx(4 / 6e-3) and rows[0]["peak_mib"] == 12.0
 
 
 def test_quick_run_writes_every_engine_and_k(tmp_path):
