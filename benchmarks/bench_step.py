@@ -59,7 +59,7 @@ from official import naive_attack_step, official_model, official_optimizer, offi
 from results_io import save_result, set_allocator
 from fastnofrost import ops
 from fastnofrost.attacks import default_alpha
-from fastnofrost.attacks.common import Precision, attack_mode
+from fastnofrost.attacks.common import Precision, attack_compile_step, attack_mode
 from fastnofrost.config import TrainConfig
 from fastnofrost.methods import AttackSettings, build_method
 from fastnofrost.models import create_model
@@ -224,8 +224,8 @@ ABLATIONS = {  # name: (what is removed, Setup -> Setup, or None where ours does
 
 def ours_setup(device: str, compile_attack: bool) -> Setup:
     """What train.py does on this device by default (precision, memory format), plus --compile."""
-    precision, _, channels_last = resolve(RECIPE, torch.device(device))
-    compile_step = ("reduce-overhead" if device == "cuda" else True) if compile_attack else False
+    precision, _, channels_last, _ = resolve(RECIPE, torch.device(device))
+    compile_step = attack_compile_step("attack" if compile_attack else "none", device)
     return Setup(precision=precision, compile_step=compile_step, channels_last=channels_last)
 
 

@@ -15,13 +15,17 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
-from .attacks.common import PRECISIONS as ATTACK_PRECISIONS, compile_step_from_flag
+from .attacks.common import COMPILE_LEVELS, PRECISIONS as ATTACK_PRECISIONS
 from .data import BACKENDS as DATA_BACKENDS, DATASETS
 from .methods import METHODS
 
 PRECISIONS = ("auto",) + tuple(ATTACK_PRECISIONS)
 BACKENDS = ("auto",) + DATA_BACKENDS
 OPTIMIZERS = ("sgd", "adamw")
+VIEWS = ("concat", "sequential")
+# fields that were replaced: a config or command line that still names one gets this sentence
+RETIRED = {"compile_attack": "--compile-attack was replaced by --compile none|attack|full (auto by default: full "
+                             "on CUDA); the attack's compile mode follows the device (CUDA graphs on CUDA)"}
 
 
 def _f(default, help, flag=None, **kw):
@@ -61,7 +65,10 @@ class TrainConfig:
     precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, or fp16 (dynamic loss scaling)")
     zero_stage: int = _f(0, "DeepSpeed ZeRO stage 0, 1 or 2")
     deepspeed_config: Optional[str] = _f(None, "a DeepSpeed JSON config to use instead of the generated one")
-    compile_attack: str = _f("none", "torch.compile the attack step: none, default, reduce-overhead (CUDA graphs)")
+    compile: str = _f("auto", "auto (full on CUDA, none on CPU), none, attack (the PGD step; CUDA graphs on CUDA), "
+                              "or full (the PGD step and the training forward/backward)")
+    views: str = _f("concat", "concat (one forward/backward of all views of a batch) or sequential (each view's "
+                              "backward before the next view's forward: about half the activation memory, same math)")
     # data
     data: Optional[str] = _f(None, "ImageNet-layout folder, or digits / fashion-mnist (none: the digits demo)")
     data_backend: str = _f("auto", "auto (dali-gpu on CUDA, torch on CPU), dali-gpu, dali-cpu, torch, synthetic")
@@ -152,9 +159,15 @@ def _problems(c: TrainConfig, world_size: int) -> List[str]:
     need(c.zero_stage in (0, 1, 2), f"--zero-stage must be 0, 1 or 2, got {c.zero_stage}")
     need(c.deepspeed_config is None or os.path.isfile(c.deepspeed_config),
          f"--deepspeed-config {c.deepspeed_config} does not exist")
-    need(_compiles(c.compile_attack),
-         f"--compile-attack must be none, default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs, "
-         f"got {c.compile_attack!r}")
+    need(c.compile in ("auto",) + COMPILE_LEVELS,
+         f"--compile must be one of auto, {', '.join(COMPILE_LEVELS)}, got {c.compile!r}")
+    need(c.views in VIEWS, f"--views must be one of {', '.join(VIEWS)}, got {c.views!r}")
+    if c.views == "sequential" and c.method in METHODS:
+        need(METHODS[c.method].separable,
+             f"--views sequential needs a loss that is a sum over views; {c.method}'s KL term couples the clean and "
+             "adversarial logits: use --views concat")
+        need(c.precision != "fp16", "--views sequential cannot skip an fp16 batch whose loss overflows once its first "
+                                    "view is backpropagated: use --precision bf16 or --views concat")
     need(c.data_backend in BACKENDS, f"--data-backend must be one of {', '.join(BACKENDS)}, got {c.data_backend!r}")
     need(c.data is None or c.data in DATASETS or os.path.isdir(c.data) or c.data_backend == "synthetic",
          f"--data {c.data} is neither a folder nor one of {', '.join(DATASETS)}")
@@ -176,14 +189,6 @@ def _problems(c: TrainConfig, world_size: int) -> List[str]:
     if c.method == "mbnat" and c.model in list_models():
         need("dualbn" in c.model, f"--method mbnat needs a dual-BN model (for example resnet50_dualbn), got {c.model}")
     return bad
-
-
-def _compiles(flag: str) -> bool:
-    try:
-        compile_step_from_flag(flag)
-        return True
-    except ValueError:
-        return False
 
 
 def validate(c: TrainConfig, world_size: int = 1) -> TrainConfig:
@@ -229,6 +234,8 @@ def parser() -> argparse.ArgumentParser:
                        metavar=f.name.upper(), help=f"{f.metadata['help']} (default {f.default!r})")
     # DeepSpeed's launcher passes --local_rank / --local-rank; it is read from the environment.
     p.add_argument("--local_rank", "--local-rank", dest="_local_rank", type=int, help=argparse.SUPPRESS)
+    for name in RETIRED:
+        p.add_argument("--" + name.replace("_", "-"), dest="_retired_" + name, help=argparse.SUPPRESS)
     return p
 
 
@@ -249,6 +256,8 @@ def _from_yaml(path: str) -> dict:
     for key, value in data.items():
         name = str(key).replace("-", "_")
         name = "lam" if name == "lambda" else name
+        if name in RETIRED:
+            raise ConfigError(f"--config {path}: {RETIRED[name]}")
         if name not in by_name:
             raise ConfigError(f"--config {path}: unknown field {key!r}")
         try:
@@ -262,6 +271,9 @@ def load_config(argv=None, world_size: int = 1) -> TrainConfig:
     """Parse flags (and ``--config``), apply the demo preset when there is no data, validate."""
     args = vars(parser().parse_args(argv))
     args.pop("_local_rank", None)
+    for name in RETIRED:
+        if args.pop("_retired_" + name, None) is not None:
+            raise ConfigError("bad configuration:\n  " + RETIRED[name])
     yaml_path = args.pop("config", None)
     given = {**(_from_yaml(yaml_path) if yaml_path else {}), **args}
     demo = given.get("data") is None and given.get("data_backend") != "synthetic"

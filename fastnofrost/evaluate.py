@@ -25,7 +25,7 @@ import torch
 
 from . import __version__
 from .attacks import APGD, RayS, Square
-from .attacks.common import compile_step_from_flag
+from .attacks.common import attack_compile_step
 from .data import DATASETS
 from .metrics import margin, thickness
 from .training.distributed import shutdown
@@ -42,7 +42,7 @@ from .evaluation.shift import (TITLES, check_outputs, class_index_of_folder, eva
 def evaluate(model, data, attacks: Sequence[str] = DEFAULT_ATTACKS, *, eps: float = 8 / 255, steps: int = 20,
              apgd_steps: int = APGD.steps, rays_queries: int = RayS.queries, square_queries: int = Square.queries,
              seed: int = 0, precision: str = "fp32", batch_size: int = 128, n_examples: Optional[int] = None,
-             compile_attack: str = "none", metrics: Sequence[str] = (),
+             compile_level: str = "none", metrics: Sequence[str] = (),
              metric_settings: Optional[Dict[str, dict]] = None, device=None,
              progress: bool = True, meta: Optional[dict] = None) -> dict:
     """Robust accuracy of ``model`` under ``attacks`` (clean is always measured) and the
@@ -52,15 +52,19 @@ def evaluate(model, data, attacks: Sequence[str] = DEFAULT_ATTACKS, *, eps: floa
     ``data``: tensors ``(x, y)`` (pixels in [0, 1], int64 labels) or a loader of (x, y) batches;
     ``n_examples``: N examples spread over ``data`` (tensors) or the first N of the loader's
     order. In a process group each rank evaluates its round-robin share (a loader must yield
-    this rank's share) and every rank returns the merged report. ``compile_attack``: 'none',
-    'default' or 'reduce-overhead' (CUDA graphs) torch.compiles the step of pgd, mia, cw and
-    pgd-targeted (standardized weights still computed once per attack); results equal eager.
+    this rank's share) and every rank returns the merged report. ``compile_level``: 'none'
+    (eager) or 'attack': the step of pgd, mia, cw and pgd-targeted torch.compiled, with CUDA graphs
+    on CUDA, as training's ``--compile attack`` (standardized weights still computed once per
+    attack); results equal eager.
     """
+    if compile_level not in ("none", "attack"):
+        raise ValueError(f"compile_level must be 'none' or 'attack' (evaluation has no training step to compile), "
+                         f"got {compile_level!r}")
+    device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     settings = AttackSettings(eps, steps, apgd_steps, rays_queries, square_queries, seed, precision, batch_size,
-                              compile_step=compile_step_from_flag(compile_attack))
+                              compile_step=attack_compile_step(compile_level, device.type))
     chosen_attacks = build_attacks(attacks, settings)
     chosen_metrics = build_metrics(metrics, settings, metric_settings)
-    device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     model.to(device)
     rank, world = rank_and_world()
     examples = Examples(data, n_examples=n_examples, batch_size=batch_size, rank=rank, world=world, device=device)
@@ -135,8 +139,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--square-queries", type=int, default=Square.queries, help="Square queries per example")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="model precision in attacks")
     p.add_argument("--seed", type=int, default=0, help="random starts, targets, Square windows, AutoAttack")
-    p.add_argument("--compile-attack", default="none", choices=("none", "default", "reduce-overhead"),
-                   help="torch.compile the step of pgd, mia, cw, pgd-targeted (reduce-overhead: CUDA graphs)")
+    p.add_argument("--compile", default="auto", choices=("auto", "none", "attack"),
+                   help="attack: torch.compile the step of pgd, mia, cw, pgd-targeted (CUDA graphs on CUDA); "
+                        "auto: attack on CUDA, none on CPU")
+    p.add_argument("--compile-attack", dest="retired_compile_attack", help=argparse.SUPPRESS)
     p.add_argument("--metrics", default="", help="comma list of thickness,margin,smoothness, or all; empty: none")
     p.add_argument("--thickness-eps", type=float, default=thickness.EPS, help="L2 radius of the thickness PGD")
     p.add_argument("--thickness-step", type=float, default=thickness.STEP, help="L2 step of the thickness PGD")
@@ -189,6 +195,8 @@ def check_args(args) -> None:
         need(getattr(args, option) > 0, f"--{option.replace('_', '-')} must be > 0, got {getattr(args, option)}")
     need(args.device == "cpu" or torch.cuda.is_available(), "--device cuda needs a CUDA device; none is visible")
     need(args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
+    need(args.retired_compile_attack is None, "--compile-attack was replaced by --compile auto|none|attack "
+                                              "(auto: attack on CUDA, with CUDA graphs; none on CPU)")
     check_names(args.attacks.split(","))
     check_metric_names(args.metrics.split(","))
     shift_plan(args)  # folder layouts and class index
@@ -202,6 +210,12 @@ def shift_plan(args):
         return sets, None, []
     index = read_class_index(args.class_index) if args.class_index else class_index_of_folder(args.data)
     return sets, index, plan_shift(sets, index)
+
+
+def resolve_compile(flag: str, device: torch.device) -> str:
+    """--compile auto: the attack step compiled on CUDA (CUDA graphs); eager on CPU, where
+    compiling costs about as much as it saves on an evaluation-sized run."""
+    return flag if flag != "auto" else ("attack" if device.type == "cuda" else "none")
 
 
 def metric_overrides(args) -> Dict[str, dict]:
@@ -231,7 +245,7 @@ def run(args, argv: Sequence[str] = ()) -> dict:
     report = evaluate(model, loader, args.attacks.split(","), eps=args.eps / 255, steps=args.steps,
                       apgd_steps=args.apgd_steps, rays_queries=args.rays_queries, square_queries=args.square_queries,
                       seed=args.seed, precision=args.precision, batch_size=args.batch_size, n_examples=n,
-                      compile_attack=args.compile_attack, metrics=args.metrics.split(","),
+                      compile_level=resolve_compile(args.compile, device), metrics=args.metrics.split(","),
                       metric_settings=metric_overrides(args),
                       device=device, progress=not args.no_progress, meta=meta)
     if sets:

@@ -5,8 +5,9 @@
     python -m fastnofrost.train --help               # every flag, with its default
 
 One step: the method's attack (the fused PGD loop, frozen weights, input gradients only), the
-method's loss on the views (one forward for normalizer-free models), ``engine.backward``,
-``engine.step``. Around it: the recipe's SGD + cosine schedule, DeepSpeed's data parallelism,
+method's loss on the views (one forward for normalizer-free models; ``--views sequential``: a
+forward and a backward per view), ``engine.backward``, ``engine.step``. ``--compile full``
+compiles the attack step and the model's training forward and backward (``engine.compile``). Around it: the recipe's SGD + cosine schedule, DeepSpeed's data parallelism,
 ZeRO and autocast (``torch_autocast``: bf16, or fp16 with dynamic loss scaling), atomic
 checkpoints with exact resume, validation (clean + PGD), logs, plots and a summary.
 """
@@ -23,7 +24,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
 
 import torch
 
-from fastnofrost.attacks.common import compile_step_from_flag
+from fastnofrost.attacks.common import attack_compile_step
 from fastnofrost.config import DATASETS, ConfigError, TrainConfig, load_config
 from fastnofrost.data import build_loader
 from fastnofrost.methods import AttackSettings, build_method
@@ -37,8 +38,13 @@ from fastnofrost.training.schedule import cosine_with_warmup
 from fastnofrost.training.validate import validate
 
 log = logging.getLogger("fastnofrost.train")
+# --compile auto on CPU. Measured with `make train` (README, "Compile"): compiling costs more
+# than it saves in a CPU-sized run.
+CPU_AUTO_COMPILE = "none"
+
+
 def resolve(cfg: TrainConfig, device: torch.device):
-    """(precision, data backend, channels_last) with 'auto' resolved for the device."""
+    """(precision, data backend, channels_last, compile level) with 'auto' resolved for the device."""
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     backend = cfg.data_backend
     if backend == "auto":
@@ -46,7 +52,8 @@ def resolve(cfg: TrainConfig, device: torch.device):
     if backend == "dali-gpu" and device.type != "cuda":
         raise ConfigError("--data-backend dali-gpu needs a CUDA device; use dali-cpu or torch on CPU")
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-    return precision, backend, channels_last
+    level = cfg.compile if cfg.compile != "auto" else ("full" if device.type == "cuda" else CPU_AUTO_COMPILE)
+    return precision, backend, channels_last, level
 
 
 def deepspeed_config(cfg: TrainConfig, world: int, precision: str) -> dict:
@@ -112,7 +119,7 @@ class Trainer:
 
         self.cfg, self.device = cfg, device
         self.rank, self.world = distributed.rank(), distributed.world_size()
-        self.precision, backend, channels_last = resolve(cfg, device)
+        self.precision, backend, channels_last, self.compile_level = resolve(cfg, device)
         if not cfg.resume and os.path.exists(os.path.join(cfg.run_dir, "checkpoints")):
             raise ConfigError(f"{cfg.run_dir} already holds a run: pass --resume to continue it, or a new --out")
         distributed.barrier()  # every rank checked before rank 0 creates the folder
@@ -122,7 +129,7 @@ class Trainer:
         micro = cfg.batch_size // (self.world * cfg.grad_accum)
         self.method = build_method(
             cfg.method, AttackSettings(cfg.eps_pixels, cfg.steps, cfg.alpha_pixels, self.precision,
-                                       compile_step_from_flag(cfg.compile_attack)),
+                                       attack_compile_step(self.compile_level, device.type)),
             cfg.smoothing, lam=cfg.lam, beta=cfg.beta, tau=cfg.tau, deepaugment=_deepaugment(cfg, device))
         common = dict(backend=backend, image_size=cfg.image_size, rank=self.rank, world_size=self.world,
                       seed=cfg.seed, channels_last=channels_last, device=device, workers=cfg.workers)
@@ -150,6 +157,8 @@ class Trainer:
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=groups, optimizer=build_optimizer(cfg, groups, device, ds_config),
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor), config=ds_config)
+        if self.compile_level == "full":
+            self.engine.compile()  # module.compile(): inductor for every forward and its backward, ZeRO hooks eager
         self.checkpoints = Checkpoints(os.path.join(cfg.run_dir, "checkpoints"), cfg.keep_last)
         self.state = {"epoch": 0, "batch": 0, "best_clean": -1.0, "best_robust": -1.0, "val": []}
         # non-finite losses: read at log boundaries and saves (fp16: every step, to skip the batch)
@@ -171,7 +180,8 @@ class Trainer:
                           indent=1)
         self.log.info(f"{cfg.method} on {cfg.model} ({self._n_params() / 1e6:.2f}M parameters), {self.world} rank(s) "
                       f"on {self.device.type}, {self.precision}, {self.steps_per_epoch} steps/epoch, "
-                      f"batch {cfg.batch_size}, lr {cfg.peak_lr:g}, eps {cfg.eps:g}/255 x {cfg.steps} steps")
+                      f"batch {cfg.batch_size}, lr {cfg.peak_lr:g}, eps {cfg.eps:g}/255 x {cfg.steps} steps, "
+                      f"compile {self.compile_level}, {cfg.views} views")
         while self.state["epoch"] < cfg.epochs and self.engine.global_steps < self.total_steps:
             self._epoch(self.state["epoch"])
         return self._finish()
@@ -186,11 +196,16 @@ class Trainer:
         interval = _Interval(self.device)
         for index, batch in enumerate(islice(self.train_loader, n_micro - start), start=start):
             *views, y = batch
-            boundary = engine.is_gradient_accumulation_boundary()
-            out = self.method(engine, engine.module, views[0], y, views[1] if len(views) > 1 else None)
+            if cfg.views == "sequential":  # the run owns the boundary: two backwards per micro-batch
+                boundary = (index + 1) % cfg.grad_accum == 0
+                backward = self._view_backward(boundary)
+            else:
+                boundary, backward = engine.is_gradient_accumulation_boundary(), None
+            out = self.method(engine, engine.module, views[0], y, views[1] if len(views) > 1 else None, backward)
             if not self.watch.add(out.loss, out.parts, engine.global_steps + 1, epoch):
                 continue  # fp16: a non-finite loss skips its batch
-            engine.backward(out.loss)
+            if not out.backpropagated:
+                engine.backward(out.loss)
             engine.step()
             interval.add(out, len(y))
             self.images += len(y) * self.world
@@ -219,9 +234,17 @@ class Trainer:
             self._validate(epoch)
         self._save()
 
+    def _view_backward(self, boundary: bool):
+        """``backward(term, last)`` for sequential views: DeepSpeed reduces gradients (ZeRO 0/1 at
+        the boundary, ZeRO 2 every backward) only after the last view of the last micro-batch."""
+        def backward(term, last):
+            self.engine.set_gradient_accumulation_boundary(boundary and last)
+            self.engine.backward(term)
+        return backward
+
     def _log_train(self, interval, step, epoch) -> dict:
         values = interval.reduce()
-        values.update(lr=self.scheduler.get_last_lr()[0])
+        values.update(lr=self.scheduler.get_last_lr()[0], **compile_counts(self.compile_level))
         self.log.record("train", step=step, epoch=epoch, **values)
         return {k: v for k, v in values.items() if k in ("loss", "img_s") or k.startswith("acc_")}
 
@@ -230,7 +253,8 @@ class Trainer:
         t0 = time.time()
         result = validate(self.engine.module, self.val_loader, eps=cfg.eps_pixels, steps=cfg.val_steps,
                           examples=cfg.val_examples, precision=self.precision, device=self.device,
-                          mbnat_gamma=cfg.mbnat_gamma if cfg.method == "mbnat" else None)
+                          mbnat_gamma=cfg.mbnat_gamma if cfg.method == "mbnat" else None,
+                          compile_step=self.method.attack_settings.compile_step)
         result.update(epoch=epoch, step=self.engine.global_steps, seconds=time.time() - t0)
         self.state["val"].append(result)
         self.log.record("val", **result)
@@ -260,6 +284,7 @@ class Trainer:
                    "clean": last.get("clean"), "robust": last.get("robust"),
                    "best_clean": self.state["best_clean"], "best_robust": self.state["best_robust"],
                    "world_size": self.world, "ranks_in_sync": distributed.in_sync(self.engine.module),
+                   "compile": self.compile_level, "views": cfg.views, **compile_counts(self.compile_level),
                    "run_dir": cfg.run_dir}
         pct = lambda v: "-" if v is None or v < 0 else f"{v:.2f}%"  # noqa: E731
         self.log.info(summary_table([
@@ -278,6 +303,16 @@ class Trainer:
 
     def _n_params(self) -> int:
         return sum(p.numel() for p in self.engine.module.parameters())
+
+
+def compile_counts(level: str) -> dict:
+    """Graphs dynamo compiled so far in this process and its graph breaks (none: {}). After
+    warm-up (the first epoch and validation) the count stays put: no recompiles."""
+    if level == "none":
+        return {}
+    from torch._dynamo.utils import counters
+
+    return {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values())}
 
 
 class _Interval:

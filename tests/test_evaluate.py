@@ -170,21 +170,22 @@ def test_full_evaluation_report(full_report):
 
 @needs_inductor_cpu
 def test_compiled_attack_steps_report_what_eager_does(model, digits):
-    """--compile-attack compiles the PGD family's step (torch.compile here on CPU): the same
-    robust accuracies as eager, and the setting is recorded in the report. In float64: inductor
-    reorders float arithmetic, and float32 sign steps or argmax near-ties could follow it."""
+    """compile_level='attack' (--compile attack) compiles the PGD family's step (torch.compile
+    here on CPU): the same robust accuracies as eager, and the setting is recorded in the report.
+    In float64: inductor reorders float arithmetic, and float32 sign steps or argmax near-ties
+    could follow it."""
     model, digits = copy.deepcopy(model).double(), (digits[0].double(), digits[1])
     torch._dynamo.reset()
     kw = dict(eps=EPS, n_examples=32, batch_size=16, progress=False, **SMALL)
     names = ("pgd", "mia", "cw")
     eager = evaluate(model, digits, names, **kw)
-    compiled = evaluate(model, digits, names, compile_attack="default", **kw)
+    compiled = evaluate(model, digits, names, compile_level="attack", **kw)
     for name in names:
         assert compiled["attacks"][name]["accuracy"] == eager["attacks"][name]["accuracy"], name
-    assert compiled["settings"]["compile_step"] == "default" and eager["settings"]["compile_step"] is False
+    assert compiled["settings"]["compile_step"] is True and eager["settings"]["compile_step"] is False
     assert eager["attacks"]["pgd"]["accuracy"] < eager["attacks"]["clean"]["accuracy"]  # informative
-    with pytest.raises(ValueError, match="compile_step"):
-        evaluate(model, digits, names, compile_attack="fast", **kw)
+    with pytest.raises(ValueError, match="compile_level must be 'none' or 'attack'"):
+        evaluate(model, digits, names, compile_level="full", **kw)
 
 
 def test_worst_case_is_per_example():
@@ -327,7 +328,8 @@ def test_command_line_end_to_end(tmp_path, capsys):
     ("--eps", "0", "--eps must be in"), ("--attacks", "pgd,fgsm", "unknown attack"),
     ("--metrics", "curvature", "unknown metric"), ("--checkpoint", "/nonexistent.pt", "is not a file"),
     ("--data", "/nonexistent", "neither a folder"), ("--model", "vit", "unknown"), ("--steps", "0", "--steps"),
-    ("--imagenet-a", "/nonexistent", "ImageNet-A folder"), ("--compile-attack", "fast", "--compile-attack"),
+    ("--imagenet-a", "/nonexistent", "ImageNet-A folder"), ("--compile", "full", "invalid choice: 'full'"),
+    ("--compile-attack", "default", "--compile-attack was replaced by --compile"),
 ])
 def test_bad_options_are_one_sentence_before_any_work(tmp_path, capsys, option, value, message):
     ckpt = tmp_path / "w.pt"

@@ -106,6 +106,86 @@ def test_one_pass_equals_two_passes_on_normalizer_free_models(name, digits_batch
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("name", ["nofrost", "nofrost_star", "mbnat", "sat", "st"])
+def test_sequential_views_give_the_concatenated_gradient(name, digits_batch):
+    """views='sequential' (a forward and a backward per view) accumulates the gradient of the
+    one concatenated backward (float64, no dropout), runs one view per training forward, and
+    calls ``backward`` once per view with ``last`` on the final one only."""
+    x, y = digits_batch
+    x, x_aug = x.double(), x.flip(3).double()
+    model = model_for(name).double().train()
+    method = build_method(name, ATTACK, smoothing=0.1, lam=0.3)
+    params = list(model.parameters())
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # BN running statistics move
+    torch.manual_seed(1)
+    concat = method(model, model, x, y, x_aug)
+    expected = torch.autograd.grad(concat.loss, params)
+    assert not concat.backpropagated
+    lasts, sizes = [], []
+    hook = model.register_forward_hook(lambda m, inp, out: sizes.append(len(inp[0])) if m.training else None)
+
+    def backward(term, last):
+        lasts.append(last)
+        term.backward()
+
+    model.load_state_dict(state)
+    torch.manual_seed(1)
+    sequential = method(model, model, x, y, x_aug, backward=backward)
+    hook.remove()
+    views = {"nofrost": 2, "nofrost_star": 3, "mbnat": 2}.get(name, 1)
+    assert lasts == [False] * (views - 1) + [True] and sizes == [len(y)] * views
+    assert sequential.backpropagated and not sequential.loss.requires_grad
+    torch.testing.assert_close(sequential.loss, concat.loss.detach(), rtol=1e-12, atol=1e-12)
+    assert sequential.parts.keys() == concat.parts.keys() and sequential.correct.keys() == concat.correct.keys()
+    for p, g in zip(params, expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("name", ["trades", "trades_fat"])
+def test_coupled_losses_refuse_sequential_views(name, digits_batch):
+    x, y = digits_batch
+    model = tiny("nf_resnet26_small")
+    with pytest.raises(ValueError, match="couples its views"):
+        build_method(name, ATTACK)(model, model, x, y, backward=lambda term, last: None)
+
+
+def test_compile_full_equals_eager_in_float64(digits_batch):
+    """What --compile full does to the model (engine.compile: module.compile(), and the attack
+    step compiled) gives eager's losses and gradients over 3 SGD steps of NoFrost, in float64
+    (inductor reorders float sums; float64 keeps the attack's sign steps stable). Dynamo traces
+    two graphs, the attack's forward and the training forward with its backward, without a graph
+    break, and nothing recompiles after the first step."""
+    from torch._dynamo.utils import counters
+
+    x, y = (t[:16] for t in digits_batch)
+    x = x.double()
+    eager = tiny("nf_resnet26_small").double().train()
+    compiled = tiny("nf_resnet26_small").double().train()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile()
+    runs = {}
+    torch._dynamo.reset()
+    counters.clear()
+    for name, model, compile_step in (("eager", eager, False), ("compiled", compiled, True)):
+        method = build_method("nofrost", AttackSettings(eps=8 / 255, steps=3, compile_step=compile_step),
+                              smoothing=0.1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        runs[name], graphs = [], []
+        for step in range(3):
+            torch.manual_seed(step)
+            out = method(model, model, x, y)
+            opt.zero_grad()
+            out.loss.backward()
+            runs[name].append((out.loss.detach(), [p.grad.clone() for p in model.parameters()]))
+            opt.step()
+            graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs == [2, 2, 2] and not counters["graph_break"]
+    for (l_eager, g_eager), (l_comp, g_comp) in zip(runs["eager"], runs["compiled"]):
+        torch.testing.assert_close(l_comp, l_eager, rtol=1e-10, atol=1e-12)
+        for a, b in zip(g_comp, g_eager):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
 @pytest.mark.parametrize("name", ["nofrost", "trades", "nofrost_star", "mbnat"])
 def test_batch_norm_never_sees_mixed_views(name, digits_batch):
     x, y = digits_batch
@@ -135,6 +215,11 @@ def test_batch_norm_never_sees_mixed_views(name, digits_batch):
     (["--method", "mbnat"], "--method mbnat needs a dual-BN model"),
     (["--tau", "20"], "--tau must be in [0, steps=10]"),
     (["--deepaugment-edsr", "/no/edsr.pt", "--method", "nofrost_star"], "--deepaugment-edsr /no/edsr.pt does not exist"),
+    (["--compile", "max"], "--compile must be one of auto, none, attack, full"),
+    (["--compile-attack", "default"], "--compile-attack was replaced by --compile none|attack|full"),
+    (["--views", "zip"], "--views must be one of concat, sequential"),
+    (["--views", "sequential", "--method", "trades"], "--views sequential needs a loss that is a sum over views"),
+    (["--views", "sequential", "--precision", "fp16"], "--views sequential cannot skip an fp16 batch"),
 ])
 def test_bad_fields_get_one_clear_sentence(argv, message):
     with pytest.raises(ConfigError) as info:
@@ -245,6 +330,66 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path):
     assert losses(killed) == losses(full)  # every step's loss, bit for bit (floats from JSON)
     assert len(losses(full)) == 12
     assert not [t for t in os.listdir(killed / "checkpoints") if t.startswith("tmp-")]
+
+
+def train_records(out):
+    return [r for r in read_log(str(out)) if r["kind"] == "train"]
+
+
+def kill_after(out, cmd, step):
+    """Start ``cmd`` and SIGKILL it once the log holds ``step``."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "log.jsonl").exists() and max(losses(out), default=0) >= step:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_compile_full_trains_like_eager_without_recompiles_through_a_resume(tmp_path):
+    """--compile full end to end, killed (SIGKILL) in epoch 2 and resumed: the losses of eager
+    training (fp32: within 1e-3, as inductor reorders float sums and a sign step on a near-zero
+    gradient may flip; the float64 equality is test_compile_full_equals_eager_in_float64), no
+    graph break, and in each process no graph compiled after warm-up (its first epoch and
+    validation): later steps, validations and the resumed epochs reuse the graphs."""
+    common = ["--method", "nofrost", "--train-examples", "128", "--epochs", "3", "--log-every", "1",
+              "--save-every", "3", "--val-examples", "32"]
+    eager, full = tmp_path / "eager", tmp_path / "full"
+    run(train_cmd(eager, *common, "--compile", "none"))
+    kill_after(full, train_cmd(full, *common, "--compile", "full"), 7)
+    assert 7 <= max(losses(full)) < 12 and (full / "checkpoints" / "latest").read_text() == "step6"
+    run(train_cmd(full, *common, "--compile", "full", "--resume", "true"))
+    l_eager, l_full = losses(eager), losses(full)
+    assert sorted(l_full) == sorted(l_eager) == list(range(1, 13))  # 4 steps an epoch
+    assert [l_full[s] for s in l_full] == pytest.approx([l_eager[s] for s in l_full], rel=1e-3)
+    graphs = {r["step"]: r["graphs"] for r in train_records(full)}  # steps 1-6: the killed process
+    warm = graphs[5]  # epoch 2's first step: epoch 1 and its validation compiled everything
+    assert graphs[6] == warm  # the killed process, after warm-up
+    assert [graphs[s] for s in (9, 10, 11, 12)] == [warm] * 4  # the resumed process, past its validation
+    summary = json.loads((full / "summary.json").read_text())
+    assert summary["compile"] == "full" and summary["graphs"] == warm and summary["graph_breaks"] == 0
+    assert "graphs" not in train_records(eager)[0]
+
+
+def test_sequential_views_under_zero_2_and_accumulation_equal_concat(tmp_path):
+    """--views sequential (two backwards per micro-batch, the boundary set by the run) under
+    DeepSpeed ZeRO 2 with 2 accumulation steps trains as --views concat under ZeRO 0: same
+    number of optimizer steps and the same losses and weights (fp32, rounding apart)."""
+    common = ["--method", "nofrost", "--max-steps", "3", "--grad-accum", "2", "--val-every", "0", "--log-every", "1"]
+    run(train_cmd(tmp_path / "concat", *common))
+    run(train_cmd(tmp_path / "seq", *common, "--views", "sequential", "--zero-stage", "2"))
+    l_concat, l_seq = losses(tmp_path / "concat"), losses(tmp_path / "seq")
+    assert sorted(l_seq) == sorted(l_concat) == [1, 2, 3]
+    assert [l_seq[s] for s in l_concat] == pytest.approx([l_concat[s] for s in l_concat], rel=1e-4)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / d / "final.safetensors")) for d in ("concat", "seq"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "seq" / "summary.json").read_text())["views"] == "sequential"
 
 
 def test_two_deepspeed_ranks_equal_one_rank_on_the_full_batch(tmp_path):

@@ -172,10 +172,20 @@ def check_compile_step(compile_step):
     return compile_step
 
 
-def compile_step_from_flag(flag: str):
-    """The ``compile_step`` a command-line flag names (training's and evaluation's
-    ``--compile-attack``): 'none' is False, anything else a checked torch.compile mode."""
-    return False if flag == "none" else check_compile_step(flag)
+COMPILE_LEVELS = ("none", "attack", "full")
+
+
+def attack_compile_step(level: str, device_type: str):
+    """The attack's ``compile_step`` at a run's compile level (``--compile`` of training and
+    evaluation, 'auto' already resolved): 'none' is eager; 'attack' and 'full' compile the step,
+    with CUDA graphs ('reduce-overhead') on CUDA, where a step is hundreds of small launches, and
+    inductor's default mode on CPU. ('full' also compiles the training forward and backward: see
+    fastnofrost/train.py.)"""
+    if level not in COMPILE_LEVELS:
+        raise ValueError(f"compile level must be one of {', '.join(COMPILE_LEVELS)}, got {level!r}")
+    if level == "none":
+        return False
+    return "reduce-overhead" if device_type == "cuda" else True
 
 
 def new_generator(seed: Optional[int]):

@@ -14,7 +14,7 @@
 | ``nofrost_star`` | (CE(x) + CE(x_hat) + CE(x*)) / 3, x_hat the augmented view | deepaugment    |
 | ``mbnat``     | (1 - lambda) CE(x | clean BN) + lambda CE(x* | adv BN)        | lam (0.5)      |
 """
-from .base import AttackSettings, Method, StepOutput, couples_samples
+from .base import AttackSettings, Method, StepOutput, View, couples_samples
 from .fat import FAT
 from .mbnat import MBNAT
 from .nofrost import NoFrost
@@ -38,4 +38,4 @@ def build_method(name: str, attack: AttackSettings = AttackSettings(), smoothing
     return METHODS[name](attack, smoothing, **used)
 
 
-__all__ = ["METHODS", "build_method", "AttackSettings", "Method", "StepOutput", "couples_samples"]
+__all__ = ["METHODS", "build_method", "AttackSettings", "Method", "StepOutput", "View", "couples_samples"]

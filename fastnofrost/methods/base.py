@@ -6,6 +6,12 @@ A method is called once per training step::
     out = method(forward, module, x, y, x_aug)   # -> StepOutput
     engine.backward(out.loss)
 
+or, with ``--views sequential``, ``method(forward, module, x, y, x_aug, backward=fn)``: each
+view's term ``fn(term, last)`` is backpropagated before the next view's forward, so at most one
+view's activations are alive (about half the memory at the same math); ``out.backpropagated``
+is then True and ``out.loss`` the detached sum. Only a loss that is a sum over views allows this
+(``Method.separable``); TRADES' KL couples the clean and adversarial logits.
+
 ``forward`` runs the model for training (the DeepSpeed engine: train mode, its autocast);
 ``module`` is the bare model the attack runs on (:func:`fastnofrost.attacks.pgd`: eval mode,
 frozen weights, input gradients only, under the attack ``precision``).
@@ -16,7 +22,7 @@ batch go through ONE forward and ONE backward (``torch.cat``); a model with Batc
 forward per view, so BN never normalizes clean and adversarial samples together.
 """
 from dataclasses import dataclass
-from typing import Dict, NamedTuple, Optional
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,10 +35,21 @@ from ..nn.dual_bn import DualBatchNorm2d
 class StepOutput(NamedTuple):
     """``loss``: the scalar to backpropagate; ``parts``: its named terms (detached, for the
     log); ``correct``: per view ('clean', 'adv', ...), how many training samples the model got
-    right (detached counts)."""
+    right (detached counts); ``backpropagated``: the method already ran the backward (sequential
+    views), so ``loss`` is detached and only logged."""
     loss: torch.Tensor
     parts: Dict[str, torch.Tensor]
     correct: Dict[str, torch.Tensor]
+    backpropagated: bool = False
+
+
+class View(NamedTuple):
+    """One view of a batch in a loss ``sum_v weight_v CE(f(x_v), y)``; ``before`` runs just
+    before its forward (MBNAT: pick the view's BN branch)."""
+    name: str
+    x: torch.Tensor
+    weight: float
+    before: Optional[Callable[[], None]] = None
 
 
 @dataclass
@@ -55,6 +72,7 @@ class Method:
     name = "?"
     needs_views = False       # NoFrost*: the loader must yield (x, x_aug, y)
     needs_dual_bn = False     # MBNAT
+    separable = True          # the loss is a sum over views (weighted_views): --views sequential applies
 
     def __init__(self, attack: AttackSettings = AttackSettings(), smoothing: float = 0.0, **settings):
         self.attack_settings = attack
@@ -74,13 +92,38 @@ class Method:
                    validate=False, **kw)
 
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y, label_smoothing=self.smoothing)
+        """In float32 at least (bf16/fp16 logits of autocast), float64 for a float64 model."""
+        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), y,
+                               label_smoothing=self.smoothing)
 
-    def mixed(self, clean: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        """(1 - lam) CE(clean) + lam CE(adv): NoFrost's and MBNAT's loss from the two views' logits."""
-        l_clean, l_adv = self.ce(clean, y), self.ce(adv, y)
-        loss = (1 - self.lam) * l_clean + self.lam * l_adv
-        return StepOutput(loss, detached(clean=l_clean, adv=l_adv), {"clean": correct(clean, y), "adv": correct(adv, y)})
+    def weighted_views(self, forward, module: nn.Module, y: torch.Tensor, views: Sequence[View],
+                       backward=None) -> StepOutput:
+        """``sum_v weight_v CE(f(x_v), y)`` with each view's CE in ``parts`` and its correct count.
+
+        ``backward=None``: the views' logits from :meth:`views` (one forward of the concatenation
+        when nothing couples samples), one loss to backpropagate. Else a forward and
+        ``backward(term, last)`` per view, in order, so one view's activations are alive at a
+        time; the gradient is the same sum."""
+        parts, correct_counts, terms = {}, {}, []
+        if backward is None and not any(v.before for v in views):
+            logits = self.views(forward, module, *(v.x for v in views))
+        else:
+            logits = None
+        for i, view in enumerate(views):
+            if logits is None:
+                if view.before is not None:
+                    view.before()
+                out = forward(view.x)
+            else:
+                out = logits[i]
+            ce = self.ce(out, y)
+            term = view.weight * ce
+            if backward is not None:
+                backward(term, i == len(views) - 1)
+                term = term.detach()
+            parts[view.name], correct_counts[view.name] = ce.detach(), correct(out, y)
+            terms.append(term)
+        return StepOutput(sum(terms[1:], terms[0]), parts, correct_counts, backpropagated=backward is not None)
 
     @staticmethod
     def views(forward, module: nn.Module, *xs: torch.Tensor):
@@ -90,12 +133,15 @@ class Method:
             return forward(torch.cat(xs)).split([len(x) for x in xs])
         return tuple(forward(x) for x in xs)
 
-    def __call__(self, forward, module, x, y, x_aug=None) -> StepOutput:
+    def __call__(self, forward, module, x, y, x_aug=None, backward=None) -> StepOutput:
         if self.needs_views and x_aug is None:
             raise ValueError(f"method {self.name!r} needs the augmented view x_aug of each batch")
-        return self.loss(forward, module, x, y, x_aug)
+        if backward is not None and not self.separable:
+            raise ValueError(f"method {self.name!r} has a loss that couples its views: it cannot backpropagate "
+                             "them one at a time (views='sequential')")
+        return self.loss(forward, module, x, y, x_aug, backward)
 
-    def loss(self, forward, module, x, y, x_aug) -> StepOutput:
+    def loss(self, forward, module, x, y, x_aug, backward) -> StepOutput:
         raise NotImplementedError
 
 

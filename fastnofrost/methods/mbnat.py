@@ -2,7 +2,7 @@
 the adversarial batch use the adversarial BN branch, the clean batch the clean branch;
 (1 - lambda) L(x) + lambda L(x*). Evaluate at ``set_bn_mode(model, 'mix', gamma)``."""
 from ..nn import set_bn_mode
-from .base import Method
+from .base import Method, View
 
 
 class MBNAT(Method):
@@ -10,10 +10,8 @@ class MBNAT(Method):
     needs_dual_bn = True
     lam = 0.5
 
-    def loss(self, forward, module, x, y, x_aug):
+    def loss(self, forward, module, x, y, x_aug, backward):
         set_bn_mode(module, "adv")
         x_adv = self.attack(module, x, y)
-        adv = forward(x_adv)
-        set_bn_mode(module, "clean")
-        clean = forward(x)
-        return self.mixed(clean, adv, y)
+        views = [View("adv", x_adv, self.lam), View("clean", x, 1 - self.lam, lambda: set_bn_mode(module, "clean"))]
+        return self.weighted_views(forward, module, y, views, backward)

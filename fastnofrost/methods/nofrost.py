@@ -1,12 +1,13 @@
 """NoFrost (Wang et al. 2022): (1 - lambda) L(f(x), y) + lambda L(f(x*), y), x* PGD of x;
 clean and adversarial halves in one forward/backward on a normalizer-free model."""
-from .base import Method
+from .base import Method, View
 
 
 class NoFrost(Method):
     name = "nofrost"
     lam = 0.5
 
-    def loss(self, forward, module, x, y, x_aug):
+    def loss(self, forward, module, x, y, x_aug, backward):
         x_adv = self.attack(module, x, y)
-        return self.mixed(*self.views(forward, module, x, x_adv), y)
+        return self.weighted_views(forward, module, y, [View("clean", x, 1 - self.lam), View("adv", x_adv, self.lam)],
+                                   backward)

@@ -3,7 +3,7 @@ loader's texture-debiased view; with DeepAugment weights given, the first half o
 views also goes through DeepAugment) and x* the PGD of x."""
 import torch
 
-from .base import Method, StepOutput, correct, detached
+from .base import Method, View
 
 
 class NoFrostStar(Method):
@@ -18,10 +18,7 @@ class NoFrostStar(Method):
         with torch.no_grad():
             return torch.cat([self.deepaugment(x_aug[:half]).clamp(0, 1), x_aug[half:]])
 
-    def loss(self, forward, module, x, y, x_aug):
+    def loss(self, forward, module, x, y, x_aug, backward):
         x_adv = self.attack(module, x, y)
-        clean, aug, adv = self.views(forward, module, x, self.augmented(x_aug), x_adv)
-        l_clean, l_aug, l_adv = self.ce(clean, y), self.ce(aug, y), self.ce(adv, y)
-        loss = (l_clean + l_aug + l_adv) / 3
-        return StepOutput(loss, detached(clean=l_clean, aug=l_aug, adv=l_adv),
-                          {"clean": correct(clean, y), "aug": correct(aug, y), "adv": correct(adv, y)})
+        views = [View("clean", x, 1 / 3), View("aug", self.augmented(x_aug), 1 / 3), View("adv", x_adv, 1 / 3)]
+        return self.weighted_views(forward, module, y, views, backward)

@@ -10,8 +10,9 @@ class TRADES(Method):
     name = "trades"
     beta = 6.0
     tau = None  # TRADES-FAT sets FAT's early stop
+    separable = False  # the KL term couples the clean and adversarial logits
 
-    def loss(self, forward, module, x, y, x_aug):
+    def loss(self, forward, module, x, y, x_aug, backward):
         x_adv = self.attack(module, x, y, loss="kl", random_start=TRADES_START_STD, early_stop=self.tau)
         clean, adv = self.views(forward, module, x, x_adv)
         natural = self.ce(clean, y)

@@ -1,5 +1,7 @@
 """Periodic validation, as the official script does it: clean accuracy on the whole validation
-set, PGD accuracy (the training radius, ``val_steps`` steps) on its first ``val_examples``."""
+set, PGD accuracy (the training radius, ``val_steps`` steps) on its first ``val_examples``.
+Counts stay on the device until the end (one read); the attack is the training run's
+(``compile_step``), so a compiled run reuses its attack graph."""
 import math
 
 import torch
@@ -10,31 +12,34 @@ from ..nn import set_bn_mode
 from . import distributed
 
 
-def validate(module, loader, *, eps, steps, examples, precision, device, mbnat_gamma=None) -> dict:
+def validate(module, loader, *, eps, steps, examples, precision, device, mbnat_gamma=None, compile_step=False) -> dict:
     """{'clean': %, 'robust': %, 'n_clean': n, 'n_robust': n} over every rank."""
     was_training = module.training
     module.eval()
     if mbnat_gamma is not None:
         set_bn_mode(module, "mix", mbnat_gamma)
     limit = math.ceil(examples / distributed.world_size()) if examples else math.inf
-    clean = robust = n_clean = n_robust = 0
+    clean = torch.zeros((), dtype=torch.int64, device=device)
+    robust = torch.zeros_like(clean)
+    n_clean = n_robust = 0
     loader.set_epoch(0)
     prec = Precision(precision)
     try:
         for x, y in loader:
             with torch.no_grad():
-                clean += int((prec.logits(module, x).argmax(1) == y).sum())
+                clean += (prec.logits(module, x).argmax(1) == y).sum()
             n_clean += len(y)
             take = int(min(len(y), limit - n_robust))
             if take > 0:
-                x_adv = pgd(module, x[:take], y[:take], eps, steps, precision=precision)
+                x_adv = pgd(module, x[:take], y[:take], eps, steps, precision=precision, compile_step=compile_step)
                 with torch.no_grad():
-                    robust += int((prec.logits(module, x_adv).argmax(1) == y[:take]).sum())
+                    robust += (prec.logits(module, x_adv).argmax(1) == y[:take]).sum()
                 n_robust += take
     finally:
         if mbnat_gamma is not None:
             set_bn_mode(module, "clean")
         module.train(was_training)
+    clean, robust = torch.stack([clean, robust]).tolist()
     clean, n_clean, robust, n_robust = distributed.all_sum([clean, n_clean, robust, n_robust], device)
     return {"clean": 100 * clean / max(n_clean, 1), "robust": 100 * robust / max(n_robust, 1),
             "n_clean": int(n_clean), "n_robust": int(n_robust)}
