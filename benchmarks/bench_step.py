@@ -10,6 +10,11 @@ drop-path 0.1). Engines:
               method(forward, model, x, y): fused ops, WS once per attack, no weight gradients
               in the loop, clean + adversarial halves in one forward; bf16 autocast and
               channels_last on CUDA (fp32 on CPU); --compile adds AttackSettings.compile_step
+  ours-full   ours as train.py --compile full runs it: the attack step compiled (CUDA graphs on
+              CUDA) and the model's training forward and backward compiled (module.compile())
+  ours-sequential  ours with train.py's --views sequential: the clean view's backward before
+              the adversarial forward (at most one view's activations alive); K=0 and the
+              largest K, for its memory
   official    PGDAT.py's step (official.py, which maps it line by line): timm's WS recomputed in
               every forward, clean forward FIRST with its graph alive through the attack,
               advertorch's PGDAttack inside ctx_noparamgrad_and_eval (eval mode, parameters
@@ -24,7 +29,8 @@ drop-path 0.1). Engines:
 Per config: median of --repeats steps after --warmup steps (CUDA events on CUDA), images/s
 (clean images per second), overhead ratio (step time / ST step time of the same engine), the
 FLOP-model floor of that ratio, peak memory (CUDA: max_memory_allocated; CPU: peak RSS of a
-process that ran only that config) and speedup vs the official step at the same K and batch.
+process that ran only that config), step memory (CPU: that peak minus the RSS before the first
+step; CUDA: the peak) and speedup vs the official step at the same K and batch.
 
     python benchmarks/bench_step.py                     # CPU: nf_resnet26_small, 32x32, batch 32
     python benchmarks/bench_step.py --device cuda --compile [--model nf_resnet50]
@@ -78,14 +84,16 @@ DEFAULTS = {  # per device; --quick: a smoke test of every engine (tiny model, b
     "quick": dict(model="nf_resnet26_small", image_size=16, width=0.25, num_classes=10, batch_sizes="4",
                   ks="0,1,2", warmup=1, repeats=1),
 }
-GOALS = {  # (metric, threshold, higher is better) at the largest K
-    "cuda": [("speedup", 3.0, True), ("ratio_vs_floor", 1.10, False), ("memory_vs_official", 0.6, False)],
-    "cpu": [("speedup", 1.5, True)],
+GOALS = {  # (engine, metric, threshold, higher is better) at the largest K
+    "cuda": [("ours-full", "speedup", 5.0, True), ("ours-full", "ratio_vs_floor", 1.0, False),
+             ("ours-full", "img_s", 700.0, True), ("ours-sequential", "memory_vs_official", 0.6, False)],
+    "cpu": [("ours", "speedup", 1.5, True), ("ours-full", "speedup", 2.0, True),
+            ("ours-sequential", "memory_vs_official", 0.6, False)],
 }
-GOAL_TEXT = {"speedup": "ours / official throughput", "ratio_vs_floor": "overhead ratio / FLOP floor",
-             "memory_vs_official": "peak memory ours / official"}
+GOAL_TEXT = {"speedup": "throughput / official's", "ratio_vs_floor": "overhead ratio / FLOP floor",
+             "img_s": "images/s", "memory_vs_official": "step memory / official's"}
 BASELINES = {"official": official_step, "naive-attack": naive_attack_step}  # engine: step builder (official.py)
-FULL_KS = ("ours", "official")  # engines run at every --ks; the others at --ablation-ks
+FULL_KS = ("ours", "ours-full", "official")  # engines run at every --ks; the others at --ablation-ks
 
 
 # ------------------------------------------------------------------ FLOP model
@@ -125,11 +133,14 @@ def flop_floor(k: int, fwd: float, igrad: float, wgrad: float) -> float:
 @dataclasses.dataclass(frozen=True)
 class Setup:
     """How an engine of ours runs: precision of the training forward and of the attack,
-    AttackSettings.compile_step, memory format, WS backend, and library pieces swapped out."""
+    AttackSettings.compile_step, memory format, WS backend, whether the model itself is
+    compiled (train.py --compile full), the views (--views) and library pieces swapped out."""
     precision: str
     compile_step: object
     channels_last: bool
     ws_backend: str = "fused"
+    compile_model: bool = False
+    views: str = "concat"
     patches: Tuple[Callable, ...] = ()
 
     def but(self, **changes) -> "Setup":
@@ -236,6 +247,10 @@ def engine_setups(names, device, compile_attack) -> dict:
     for name in names:
         if name == "ours":
             setups[name] = ours
+        elif name == "ours-full":
+            setups[name] = ours_setup(device, True).but(compile_model=True)
+        elif name == "ours-sequential":
+            setups[name] = ours.but(views="sequential")
         elif name in BASELINES:
             setups[name] = None
         elif name == "ablations":
@@ -246,7 +261,8 @@ def engine_setups(names, device, compile_attack) -> dict:
                 raise SystemExit(f"bench_step: ablation {name!r} does not apply here (ours does not use it)")
             setups[name] = setup
         else:
-            raise SystemExit(f"bench_step: unknown engine {name!r}; use ours, official, naive-attack, ablations or one of "
+            raise SystemExit(f"bench_step: unknown engine {name!r}; use ours, ours-full, ours-sequential, official, "
+                             f"naive-attack, ablations or one of "
                              f"{', '.join(ABLATIONS)}")
     return setups
 
@@ -265,19 +281,22 @@ def autocast_forward(model, precision: str, device: str):
 
 
 def ours_step(model, optimizer, setup: Setup, k: int, device: str):
-    """One library training step: method(forward, model, x, y), backward, SGD step."""
+    """One library training step: method(forward, model, x, y), backward (sequential views: one
+    per view, inside the method), SGD step."""
     attack = AttackSettings(eps=EPS, steps=k, precision=setup.precision, compile_step=setup.compile_step)
     method = build_method("nofrost" if k else "st", attack, smoothing=SMOOTHING, lam=LAMBDA)
     forward = autocast_forward(model, setup.precision, device)
+    backward = (lambda term, last: term.backward()) if setup.views == "sequential" else None
 
     def step(x, y):
         with contextlib.ExitStack() as stack:
             for patch in setup.patches:
                 stack.enter_context(patch())
             model.train()
-            out = method(forward, model, x, y)
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            out = method(forward, model, x, y, backward=backward)
+            if not out.backpropagated:
+                out.loss.backward()
             optimizer.step()
     return step
 
@@ -306,6 +325,8 @@ def build(args, setup: Optional[Setup], batch: int):
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    if setup.compile_model:
+        model.compile()  # what engine.compile() does in train.py
     optimizer = build_optimizer(cfg, param_groups(cfg, model), torch.device(args.device), {})
     return model, optimizer, x, y
 
@@ -389,7 +410,7 @@ def run_all(args, argv, setups: dict, record) -> None:
         if args.in_process:
             for name, batch, ks in plan:
                 record(measure(args, name, setups[name], ks, batch))
-                if args.compile:
+                if args.compile or name == "ours-full":
                     torch._dynamo.reset()
                 if args.device == "cuda":
                     torch.cuda.empty_cache()
@@ -428,6 +449,16 @@ def add_ratios(rows, flops) -> None:
         r["overhead"] = r["ms"] / st["ms"] if st else None
         r["ratio_vs_floor"] = r["overhead"] / r["floor"] if st else None
         r["speedup"] = ref["ms"] / r["ms"] if ref else None
+        r["step_mib"] = step_memory(r)
+        r["memory_vs_official"] = r["step_mib"] / ref["step_mib"] if ref and r["step_mib"] and ref["step_mib"] else None
+
+
+def step_memory(row):
+    """MiB a step needs: on CPU the peak RSS minus the RSS before the first step (interpreter,
+    torch and model left out); on CUDA max_memory_allocated (weights and optimizer state in)."""
+    if row["peak_mib"] is None:
+        return None
+    return row["peak_mib"] - (row["rss_start_mib"] or 0.0)
 
 
 def fmt(value, spec: str, suffix: str = "") -> str:
@@ -436,30 +467,25 @@ def fmt(value, spec: str, suffix: str = "") -> str:
 
 def print_table(rows) -> None:
     head = (f"{'engine':<13} {'K':>3} {'batch':>5} {'ms/step':>10} {'img/s':>9} {'overhead':>9} {'floor':>6} "
-            f"{'ratio/floor':>11} {'peak MiB':>9} {'vs off':>7}")
+            f"{'ratio/floor':>11} {'peak MiB':>9} {'step MiB':>9} {'vs off':>7}")
     print(head + "\n" + "-" * len(head))
     for r in sorted(rows, key=lambda r: (r["batch"], r["k"])):
         print(f"{r['engine']:<13} {r['k']:>3} {r['batch']:>5} {r['ms']:>10.1f} {r['img_s']:>9.1f} "
               f"{fmt(r['overhead'], '.2f', 'x'):>9} {r['floor']:>6.2f} {fmt(r['ratio_vs_floor'], '.2f'):>11} "
-              f"{fmt(r['peak_mib'], '.0f'):>9} {fmt(r['speedup'], '.2f', 'x'):>7}")
+              f"{fmt(r['peak_mib'], '.0f'):>9} {fmt(r['step_mib'], '.0f'):>9} {fmt(r['speedup'], '.2f', 'x'):>7}")
 
 
 def goals(rows, device: str) -> list:
-    """Each goal of the device at the largest K, per batch: dicts with the value and met / not."""
+    """Each goal of the device at the largest K, per batch: dicts with the value and met / not
+    (None: the engine or the baseline was not measured)."""
     out = []
     for batch in sorted({r["batch"] for r in rows}):
         k = max(r["k"] for r in rows if r["batch"] == batch)
-        ours = next((r for r in rows if (r["engine"], r["k"], r["batch"]) == ("ours", k, batch)), None)
-        ref = next((r for r in rows if (r["engine"], r["k"], r["batch"]) == ("official", k, batch)), None)
-        for metric, threshold, higher in GOALS[device]:
-            value = None
-            if metric == "memory_vs_official":
-                if ours and ref and ours["peak_mib"] and ref["peak_mib"]:
-                    value = ours["peak_mib"] / ref["peak_mib"]
-            elif ours:
-                value = ours[metric]
+        for engine, metric, threshold, higher in GOALS[device]:
+            row = next((r for r in rows if (r["engine"], r["k"], r["batch"]) == (engine, k, batch)), None)
+            value = row.get(metric) if row else None
             met = None if value is None else (value >= threshold if higher else value <= threshold)
-            out.append(dict(metric=metric, k=k, batch=batch, value=value, threshold=threshold,
+            out.append(dict(engine=engine, metric=metric, k=k, batch=batch, value=value, threshold=threshold,
                             goal=f"{'>=' if higher else '<='} {threshold}", met=met))
     return out
 
@@ -468,7 +494,7 @@ def print_goals(results) -> None:
     print(f"\ngoals on {results['config']['device']} ({results['config']['model']}):")
     for g in results["goals"]:
         state = "not measured" if g["met"] is None else ("met" if g["met"] else "NOT met")
-        print(f"  {GOAL_TEXT[g['metric']]} at K={g['k']}, batch {g['batch']}: {fmt(g['value'], '.2f')} "
+        print(f"  {g['engine']} {GOAL_TEXT[g['metric']]} at K={g['k']}, batch {g['batch']}: {fmt(g['value'], '.2f')} "
               f"(goal {g['goal']}): {state}")
 
 
@@ -480,7 +506,7 @@ def plot(rows, title: str, path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for batch in sorted({r["batch"] for r in rows}):
-        for engine, style in (("ours", "o-"), ("official", "s-")):
+        for engine, style in (("ours", "o-"), ("ours-full", "^-"), ("official", "s-")):
             pts = sorted((r["k"], r["img_s"]) for r in rows if r["engine"] == engine and r["batch"] == batch)
             if pts:
                 ax.plot(*zip(*pts), style, label=f"{engine}, batch {batch}")
@@ -543,8 +569,9 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, default=1,
                    help="run the whole sweep this many times and pool each config's steps: drift in machine "
                         "load then falls on every config alike (default 1)")
-    p.add_argument("--engines", default="ours,official,naive-attack,ablations",
-                   help="comma separated: ours, official, naive-attack (not a baseline), ablations (all that "
+    p.add_argument("--engines", default="ours,ours-full,ours-sequential,official,naive-attack,ablations",
+                   help="comma separated: ours, ours-full, ours-sequential, official, naive-attack (not a "
+                        "baseline), ablations (all that "
                         "apply) or any of "
                         + ", ".join(ABLATIONS))
     p.add_argument("--compile", action="store_true",

@@ -6,18 +6,16 @@ Counts calls of Tensor.item / tolist / __bool__ / __int__ / __float__ / cpu / nu
 the trainer's epoch loop runs a step: the stack holds ``Trainer._epoch`` and none of the
 boundary work (logging, the loss watch's check, saving, validation, the loader's per-epoch set
 up and report). Each call is recorded with the innermost frame of fastnofrost or deepspeed that
-made it. Used by tests/test_train.py.
+made it (the counter is benchmarks/reads.py's). Used by tests/test_train.py.
 """
-import collections
 import json
 import os
 import sys
 
-import torch
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from reads import ReadCounter  # noqa: E402
 
 BOUNDARY = {"_log_train", "check", "_save", "_validate", "report", "set_epoch", "start_epoch", "end_epoch"}
-READS = ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy")
-calls = collections.Counter()
 
 
 def where_in_step():
@@ -33,24 +31,15 @@ def where_in_step():
     return site or "?"
 
 
-def counting(name, original):
-    def read(self, *args, **kwargs):
-        site = where_in_step()
-        if site is not None:
-            calls[f"{name} in {site}"] += 1
-        return original(self, *args, **kwargs)
-    return read
-
-
 def main():
     out, argv = sys.argv[1], sys.argv[sys.argv.index("--") + 1:]
-    for name in READS:
-        setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
     from fastnofrost import train
 
-    rc = train.main(argv)
+    with ReadCounter(where_in_step) as counter:
+        counter.active = True
+        rc = train.main(argv)
     with open(out, "w") as fh:
-        json.dump({"rc": rc, "calls": dict(calls)}, fh)
+        json.dump({"rc": rc, "calls": dict(counter.calls)}, fh)
 
 
 if __name__ == "__main__":

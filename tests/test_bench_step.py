@@ -12,7 +12,7 @@ from helpers import BENCHMARKS as BENCH
 
 sys.path.insert(0, BENCH)
 
-from bench_step import flop_floor, merge_row  # noqa: E402  (benchmarks/ is not a package)
+from bench_step import add_ratios, flop_floor, goals, merge_row  # noqa: E402  (benchmarks/ is not a package)
 
 
 @pytest.mark.parametrize("k, expected", [(0, 1.0), (1, (1 * 5 + 2 * 9) / 9), (10, (10 * 5 + 2 * 9) / 9)])
@@ -30,17 +30,33 @@ def test_rounds_pool_the_steps_of_one_config():
     assert rows[0]["ms"] == 6.0 and rows[0]["img_s"] == pytest.approx(4 / 6e-3) and rows[0]["peak_mib"] == 12.0
 
 
+def test_step_memory_leaves_out_the_process_before_the_first_step():
+    """CPU step memory = peak RSS - RSS before the first step; the sequential-views goal compares
+    it with the official step's at the largest K."""
+    def row(engine, k, ms, peak, start):
+        return dict(engine=engine, k=k, batch=4, ms=ms, all_ms=[ms], img_s=4e3 / ms, peak_mib=peak, rss_start_mib=start)
+
+    rows = [row("official", 0, 1.0, 500.0, 400.0), row("official", 2, 3.0, 700.0, 400.0),
+            row("ours-sequential", 0, 1.0, 450.0, 400.0), row("ours-sequential", 2, 2.0, 520.0, 400.0)]
+    add_ratios(rows, dict(fwd=1.0, igrad=1.0, wgrad=1.0))
+    assert [r["step_mib"] for r in rows] == [100.0, 300.0, 50.0, 120.0]
+    assert rows[3]["memory_vs_official"] == pytest.approx(0.4) and rows[3]["speedup"] == pytest.approx(1.5)
+    memory = next(g for g in goals(rows, "cpu") if g["metric"] == "memory_vs_official")
+    assert (memory["engine"], memory["k"], memory["value"], memory["met"]) == ("ours-sequential", 2, pytest.approx(0.4), True)
+    assert [g["met"] for g in goals(rows, "cpu") if g["metric"] == "speedup"] == [None, None]  # ours not measured
+
+
 def test_quick_run_writes_every_engine_and_k(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), OMP_NUM_THREADS="1")  # one thread: no spin-waits on a busy machine
     done = subprocess.run([sys.executable, os.path.join(BENCH, "bench_step.py"), "--quick", "--device", "cpu"],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     result = json.loads((tmp_path / "bench_step_nf_resnet26_small_quick.json").read_text())
     assert result["complete"] and (tmp_path / "bench_step_nf_resnet26_small_quick.png").stat().st_size > 0
     ks, ablation_ks = result["config"]["ks"], result["config"]["ablation_ks"]
-    expected = {("ours", k) for k in ks} | {("official", k) for k in ks} | {
-        (name, k) for name in ("naive-attack", "no-ws-cache", "weight-grads", "two-forwards", "unfused-pgd",
-                               "unfused-ws") for k in ablation_ks}
+    expected = {(name, k) for name in ("ours", "ours-full", "official") for k in ks} | {
+        (name, k) for name in ("ours-sequential", "naive-attack", "no-ws-cache", "weight-grads", "two-forwards",
+                               "unfused-pgd", "unfused-ws") for k in ablation_ks}
     assert {(r["engine"], r["k"]) for r in result["rows"]} == expected
     assert set(result["engines"]) == {name for name, _ in expected}
     flops = result["flops_per_image"]
@@ -49,5 +65,7 @@ def test_quick_run_writes_every_engine_and_k(tmp_path):
         assert r["ms"] > 0 and r["img_s"] > 0
         assert r["floor"] == pytest.approx(flop_floor(r["k"], **flops))
         assert r["overhead"] is not None and r["speedup"] is not None
-    assert [g["metric"] for g in result["goals"]] == ["speedup"]
+    assert [(g["engine"], g["metric"]) for g in result["goals"]] == [
+        ("ours", "speedup"), ("ours-full", "speedup"), ("ours-sequential", "memory_vs_official")]
+    assert result["engines"]["ours-full"]["compile_model"] and result["engines"]["ours-sequential"]["views"] == "sequential"
     assert "goals on cpu" in done.stdout
