@@ -46,7 +46,7 @@ class LossWatch:
         first = bad & ~self.seen
         self.first[0].masked_fill_(first, step)
         self.first[1].masked_fill_(first, epoch)
-        self.values = torch.where(first, values, self.values)
+        torch.where(first, values, self.values, out=self.values)
         self.seen |= bad
         return True
 
