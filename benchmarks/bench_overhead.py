@@ -10,6 +10,8 @@ warm-up steps:
   reads      host reads of tensors per step: Tensor.item / tolist / __bool__ / __int__ /
              __float__ / cpu / numpy (each a device sync on CUDA)
   ms         median wall milliseconds per step
+  cuda_sync  CUDA only, ours: one more step under torch.cuda.set_sync_debug_mode("error"):
+             "none", or the first sync's error (a step that waits on the device)
 
 Engines (bench_step's): ``ours`` (eager), ``ours-full`` (train.py --compile full: the attack step
 and the training forward/backward compiled) and ``official`` (official.py: PGDAT.py's step with
@@ -77,6 +79,8 @@ def measure(engine: str, args, counter: ReadCounter) -> dict:
     step(x, y)
     counter.active = False
     row["reads"] = counter.count
+    if args.device == "cuda" and engine != "official":  # the official step's .item() meters do sync
+        row["cuda_sync"] = sync_free(step, x, y)
     times = []
     for _ in range(args.repeats):
         sync()
@@ -90,6 +94,19 @@ def measure(engine: str, args, counter: ReadCounter) -> dict:
     return row
 
 
+def sync_free(step, x, y) -> str:
+    """'none' if a steady-state step runs under set_sync_debug_mode('error'), else its error."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step(x, y)
+        return "none"
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        torch.cuda.synchronize()
+
+
 def goals(rows) -> list:
     by = {r["engine"]: r for r in rows}
     if "ours-full" not in by or "official" not in by:
@@ -97,7 +114,9 @@ def goals(rows) -> list:
     ratio = by["ours-full"]["ops"] / max(by["official"]["ops"], 1)
     return [dict(goal="ours-full ops / official ops", value=ratio, threshold=f"<= {GOAL_OPS}", met=ratio <= GOAL_OPS),
             dict(goal="ours-full host reads per step", value=by["ours-full"]["reads"], threshold="== 0",
-                 met=by["ours-full"]["reads"] == 0)]
+                 met=by["ours-full"]["reads"] == 0)] + (
+        [dict(goal="ours-full CUDA syncs per step", value=by["ours-full"]["cuda_sync"], threshold="none",
+              met=by["ours-full"]["cuda_sync"] == "none")] if "cuda_sync" in by["ours-full"] else [])
 
 
 def main(argv=None) -> dict:
@@ -136,7 +155,8 @@ def main(argv=None) -> dict:
         print(f"{r['engine']:<14} {r['ms']:>9.1f} {r['ops']:>9d} {r['custom']:>7d} {r['compiled']:>9d} "
               f"{r['reads']:>6d} {vs:>11}")
     for g in result["goals"]:
-        print(f"goal: {g['goal']} = {g['value']:.3g} ({g['threshold']}): {'met' if g['met'] else 'NOT met'}")
+        value = f"{g['value']:.3g}" if isinstance(g["value"], (int, float)) else g["value"]
+        print(f"goal: {g['goal']} = {value} ({g['threshold']}): {'met' if g['met'] else 'NOT met'}")
     save_result("bench_overhead.json", args.device, result)
     return result
 

@@ -443,13 +443,14 @@ def add_ratios(rows, flops) -> None:
     """Overhead ratio (vs the same engine's ST), floor, ratio/floor, speedup vs the official step."""
     by = {(r["engine"], r["k"], r["batch"]): r for r in rows}
     for r in rows:
+        r["step_mib"] = step_memory(r)
+    for r in rows:
         st = by.get((r["engine"], 0, r["batch"]))
         ref = by.get(("official", r["k"], r["batch"]))
         r["floor"] = flop_floor(r["k"], **flops)
         r["overhead"] = r["ms"] / st["ms"] if st else None
         r["ratio_vs_floor"] = r["overhead"] / r["floor"] if st else None
         r["speedup"] = ref["ms"] / r["ms"] if ref else None
-        r["step_mib"] = step_memory(r)
         r["memory_vs_official"] = r["step_mib"] / ref["step_mib"] if ref and r["step_mib"] and ref["step_mib"] else None
 
 

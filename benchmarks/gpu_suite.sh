@@ -50,8 +50,12 @@ step $PY benchmarks/bench_attack.py --compile reduce-overhead
 step $PY benchmarks/bench_data.py --workers 8 --epochs 2
 # training steps at 224, batch 128: ours (bf16, CUDA-graph attack step) vs the official step (official.py), then
 # nf_resnet50, then ours minus each optimization (eager: each compiled variant would compile anew)
-bench 200 $PY benchmarks/bench_step.py --device cuda --model nf_resnet26 --compile --engines ours,official,naive-attack,no-compile
-bench 80 $PY benchmarks/bench_step.py --device cuda --model nf_resnet50 --compile --engines ours,official --ks 0,1,10
-bench 0 $PY benchmarks/bench_step.py --device cuda --model nf_resnet26 --engines ours,ablations --ks 0,10
+# host cost of a launch-bound step (nf_resnet50 w0.25, batch 1): ops, reads, and a steady-state
+# step of ours under torch.cuda.set_sync_debug_mode("error")
+bench 300 $PY benchmarks/bench_overhead.py --device cuda
+# the GPU goals: nf_resnet50 at 224, batch 128, K=0 and 10: ours-full (bf16, channels_last, attack step
+# in CUDA graphs, training forward/backward compiled) and ours-sequential (memory) vs the official step
+bench 120 $PY benchmarks/bench_step.py --device cuda --model nf_resnet50 --compile --engines ours-full,ours-sequential,official --ks 0,10
+bench 0 $PY benchmarks/bench_step.py --device cuda --model nf_resnet26 --compile --engines ours,official,naive-attack,no-compile
 echo "gpu_suite finished with status $status in ${SECONDS}s" | tee -a "$LOG"
 exit $status

@@ -213,8 +213,9 @@ def shift_plan(args):
 
 
 def resolve_compile(flag: str, device: torch.device) -> str:
-    """--compile auto: the attack step compiled on CUDA (CUDA graphs); eager on CPU, where
-    compiling costs about as much as it saves on an evaluation-sized run."""
+    """--compile auto: the attack step compiled on CUDA (CUDA graphs, where a step is launch
+    bound); eager on CPU, as training's auto there (a CPU evaluation's compile was not measured
+    to pay for itself)."""
     return flag if flag != "auto" else ("attack" if device.type == "cuda" else "none")
 
 

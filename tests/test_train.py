@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import needs_inductor_cpu
 from fastnofrost.config import DEMO, ConfigError, TrainConfig, load_config, validate
 from fastnofrost.data import build_loader
 from fastnofrost.methods import METHODS, AttackSettings, build_method, couples_samples
@@ -149,6 +150,7 @@ def test_coupled_losses_refuse_sequential_views(name, digits_batch):
         build_method(name, ATTACK)(model, model, x, y, backward=lambda term, last: None)
 
 
+@needs_inductor_cpu
 def test_compile_full_equals_eager_in_float64(digits_batch):
     """What --compile full does to the model (engine.compile: module.compile(), and the attack
     step compiled) gives eager's losses and gradients over 3 SGD steps of NoFrost, in float64
@@ -348,6 +350,7 @@ def kill_after(out, cmd, step):
     proc.wait()
 
 
+@needs_inductor_cpu
 def test_compile_full_trains_like_eager_without_recompiles_through_a_resume(tmp_path):
     """--compile full end to end, killed (SIGKILL) in epoch 2 and resumed: the losses of eager
     training (fp32: within 1e-3, as inductor reorders float sums and a sign step on a near-zero
