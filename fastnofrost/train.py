@@ -6,10 +6,11 @@
 
 One step: the method's attack (the fused PGD loop, frozen weights, input gradients only), the
 method's loss on the views (one forward for normalizer-free models; ``--views sequential``: a
-forward and a backward per view), ``engine.backward``, ``engine.step``. ``--compile full``
-compiles the attack step and the model's training forward and backward (``engine.compile``). Around it: the recipe's SGD + cosine schedule, DeepSpeed's data parallelism,
-ZeRO and autocast (``torch_autocast``: bf16, or fp16 with dynamic loss scaling), atomic
-checkpoints with exact resume, validation (clean + PGD), logs, plots and a summary.
+forward and a backward per view), ``engine.backward``, ``engine.step``; ``--compile full``
+compiles the attack step and the model's training forward and backward (``engine.compile``).
+Around it: the recipe's SGD + cosine schedule, DeepSpeed's data parallelism, ZeRO and autocast
+(``torch_autocast``: bf16, or fp16 with dynamic loss scaling), atomic checkpoints with exact
+resume, validation (clean + PGD), logs, plots and a summary.
 """
 import json
 import logging
@@ -330,7 +331,7 @@ class _Interval:
 
     def reduce(self) -> dict:
         keys = sorted(self.sums)
-        totals = distributed.all_sum([float(self.sums[k]) for k in keys] + [self.images], self.device)
+        totals = distributed.all_sum([self.sums[k] for k in keys] + [self.images], self.device)
         images = max(totals[-1], 1)
         values = {k: (100.0 if k.startswith("acc_") else 1.0) * v / images for k, v in zip(keys, totals)}
         values["img_s"] = totals[-1] / max(time.time() - self.t0, 1e-9)

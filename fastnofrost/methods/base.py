@@ -104,18 +104,17 @@ class Method:
         when nothing couples samples), one loss to backpropagate. Else a forward and
         ``backward(term, last)`` per view, in order, so one view's activations are alive at a
         time; the gradient is the same sum."""
+        def each_view():  # lazily: with ``backward`` a view's forward follows the previous backward
+            if backward is None and not any(v.before for v in views):
+                yield from self.views(forward, module, *(v.x for v in views))
+                return
+            for v in views:
+                if v.before is not None:
+                    v.before()
+                yield forward(v.x)
+
         parts, correct_counts, terms = {}, {}, []
-        if backward is None and not any(v.before for v in views):
-            logits = self.views(forward, module, *(v.x for v in views))
-        else:
-            logits = None
-        for i, view in enumerate(views):
-            if logits is None:
-                if view.before is not None:
-                    view.before()
-                out = forward(view.x)
-            else:
-                out = logits[i]
+        for i, (view, out) in enumerate(zip(views, each_view())):
             ce = self.ce(out, y)
             term = view.weight * ce
             if backward is not None:
@@ -123,7 +122,7 @@ class Method:
                 term = term.detach()
             parts[view.name], correct_counts[view.name] = ce.detach(), correct(out, y)
             terms.append(term)
-        return StepOutput(sum(terms[1:], terms[0]), parts, correct_counts, backpropagated=backward is not None)
+        return StepOutput(sum(terms), parts, correct_counts, backpropagated=backward is not None)
 
     @staticmethod
     def views(forward, module: nn.Module, *xs: torch.Tensor):

@@ -51,8 +51,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def all_sum(values, device) -> list:
-    """Sum a list of numbers over ranks (float64)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+    """Sum a list of numbers or 0-dim tensors over ranks (float64); one host read in all."""
+    t = torch.stack([torch.as_tensor(v, device=device).to(torch.float64) for v in values])
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
     return t.tolist()

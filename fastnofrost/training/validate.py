@@ -39,7 +39,6 @@ def validate(module, loader, *, eps, steps, examples, precision, device, mbnat_g
         if mbnat_gamma is not None:
             set_bn_mode(module, "clean")
         module.train(was_training)
-    clean, robust = torch.stack([clean, robust]).tolist()
     clean, n_clean, robust, n_robust = distributed.all_sum([clean, n_clean, robust, n_robust], device)
     return {"clean": 100 * clean / max(n_clean, 1), "robust": 100 * robust / max(n_robust, 1),
             "n_clean": int(n_clean), "n_robust": int(n_robust)}
