@@ -17,12 +17,14 @@ except ImportError as exc:  # pragma: no cover - exercised by an install without
 
 from .common import BACKENDS, check_backend  # noqa: E402
 from .ws import scaled_weight_standardization  # noqa: E402
+from .ws_grouped import grouped_scaled_weight_standardization  # noqa: E402
 from .pgd import pgd_random_start, pgd_step, pgd_step_  # noqa: E402
 
 __all__ = [
     "BACKENDS",
     "check_backend",
     "scaled_weight_standardization",
+    "grouped_scaled_weight_standardization",
     "pgd_step",
     "pgd_step_",
     "pgd_random_start",

@@ -1,0 +1,96 @@
+// Scaled weight standardization of one row (an output channel over its fan-in), shared by the
+// per-layer kernels (ws.cpp) and the grouped kernels (ws_grouped.cpp):
+//
+//   w_hat[i] = gain * scale * (w[i] - mean) * rstd
+//   mean = mean_i w[i],  rstd = 1 / sqrt(var_i w[i] + eps)   (biased variance)
+//
+// A row is at most a few thousand elements, so it stays in L1/L2 between the statistics pass
+// and the write pass: the weight is read from memory once and w_hat written once. Statistics
+// are accumulated in double (float64 weights) or float (every other dtype).
+#pragma once
+
+#include "common.h"
+
+namespace fastnofrost {
+
+// Statistics in float64 for float64 weights, float32 for every other dtype.
+template <typename scalar_t>
+using ws_stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+inline at::ScalarType ws_stat_dtype(at::ScalarType weight) { return weight == at::kDouble ? at::kDouble : at::kFloat; }
+
+// Standardize row `w` (n elements) into `out`; returns (mean, rstd).
+template <typename scalar_t>
+inline void ws_forward_row(const scalar_t* w, int64_t n, acc_type<scalar_t> gain, double scale, double eps,
+                           scalar_t* out, ws_stat_t<scalar_t>* mean_out, ws_stat_t<scalar_t>* rstd_out) {
+  using acc_t = acc_type<scalar_t>;
+  // One pass for both moments, shifted by the row's first element so that a mean far from
+  // zero does not cancel the variance: var = E[d^2] - E[d]^2 with d = w - w[0].
+  const acc_t shift = static_cast<acc_t>(w[0]);
+  acc_t sum = 0, sq = 0;
+#pragma omp simd reduction(+ : sum, sq)
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t d = static_cast<acc_t>(w[i]) - shift;
+    sum += d;
+    sq += d * d;
+  }
+  const acc_t dmean = sum / static_cast<acc_t>(n);
+  const acc_t mean = shift + dmean;
+  const acc_t var = std::max(sq / static_cast<acc_t>(n) - dmean * dmean, acc_t(0));
+  const acc_t rstd = acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
+  const acc_t a = gain * static_cast<acc_t>(scale) * rstd;
+  const acc_t b = -mean * a;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(w[i]) * a + b);
+  *mean_out = static_cast<ws_stat_t<scalar_t>>(mean);
+  *rstd_out = static_cast<ws_stat_t<scalar_t>>(rstd);
+}
+
+// Gradient of one row from the saved mean / rstd:
+//   d w = gain * scale * rstd * (g - mean(g) - x_hat * mean(g * x_hat)),  d gain = scale * sum(g * x_hat)
+template <typename scalar_t>
+inline void ws_backward_row(const scalar_t* g, const scalar_t* x, int64_t n, acc_type<scalar_t> gain,
+                            ws_stat_t<scalar_t> mean, ws_stat_t<scalar_t> rstd, double scale, scalar_t* grad_w,
+                            ws_stat_t<scalar_t>* grad_gain) {
+  using acc_t = acc_type<scalar_t>;
+  const acc_t m = static_cast<acc_t>(mean);
+  const acc_t s = static_cast<acc_t>(rstd);
+  acc_t sum_g = 0, sum_gx = 0;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t gi = static_cast<acc_t>(g[i]);
+    sum_g += gi;
+    sum_gx += gi * (static_cast<acc_t>(x[i]) - m) * s;
+  }
+  *grad_gain = static_cast<ws_stat_t<scalar_t>>(static_cast<acc_t>(scale) * sum_gx);
+  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(n);
+  const acc_t k = gain * static_cast<acc_t>(scale) * s;
+  const acc_t mg = sum_g * inv_n;
+  const acc_t mgx = sum_gx * inv_n;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t xh = (static_cast<acc_t>(x[i]) - m) * s;
+    grad_w[i] = static_cast<scalar_t>(k * (static_cast<acc_t>(g[i]) - mg - xh * mgx));
+  }
+}
+
+// The checks of one (weight, gain, eps) triple, for both the per-layer and the grouped ops.
+inline void check_ws_layer(const at::Tensor& weight, const std::optional<at::Tensor>& gain, double eps,
+                           const char* where) {
+  TORCH_CHECK(weight.dim() >= 2, where, ": weight must have at least 2 dims (C_out, fan_in...), got shape ",
+              weight.sizes());
+  TORCH_CHECK(is_supported_float(weight.scalar_type()), where,
+              ": weight must be float64/float32/bfloat16/float16, got ", weight.scalar_type());
+  TORCH_CHECK(weight.size(0) > 0 && weight.numel() > 0, where, ": weight is empty: ", weight.sizes());
+  TORCH_CHECK(eps > 0, where, ": eps must be > 0, got ", eps);
+  if (gain.has_value()) {
+    TORCH_CHECK(gain->numel() == weight.size(0), where, ": gain must have C_out = ", weight.size(0),
+                " elements, got shape ", gain->sizes());
+    TORCH_CHECK(gain->scalar_type() == weight.scalar_type(), where, ": gain dtype ", gain->scalar_type(),
+                " differs from weight dtype ", weight.scalar_type());
+    TORCH_CHECK(gain->device() == weight.device(), where, ": gain is on ", gain->device(),
+                " but weight is on ", weight.device());
+  }
+}
+
+}  // namespace fastnofrost

@@ -1,0 +1,147 @@
+"""Grouped scaled weight standardization: Triton forward and backward, one launch each for a
+whole list of weights, one program per row (output channel) of any weight.
+
+The weights stay where they are (parameters): a per-weight table holds each one's address,
+its gain's address, its row length, its first row and its offset in the flat output, and a
+per-row table names each row's weight. The tables are built on the host once per group of
+addresses and copied to the device without a sync (pinned memory); parameter addresses are
+stable, so a steady-state step only looks them up. Each row is read in its weight's memory
+order (row-dense weights: see fastnofrost/ops/ws_grouped.py). An empty gain tensor: no gain.
+"""
+import torch
+import triton
+import triton.language as tl
+
+_MAX_BLOCK = 4096
+_FIELDS = 5  # weight address, gain address, row length, first row, offset in the flat buffer
+
+
+@triton.jit
+def _row(META, FMETA, ROW_LAYER, row, DT: tl.constexpr, ACC: tl.constexpr):
+    layer = tl.load(ROW_LAYER + row).to(tl.int64)
+    w = tl.load(META + layer * 5).to(tl.pointer_type(DT))
+    gain_ptr = tl.load(META + layer * 5 + 1).to(tl.pointer_type(DT))
+    n = tl.load(META + layer * 5 + 2)
+    local = row - tl.load(META + layer * 5 + 3)
+    offset = tl.load(META + layer * 5 + 4) + local * n
+    gain = tl.load(gain_ptr + local).to(ACC)
+    scale = tl.load(FMETA + layer * 2).to(ACC)
+    eps = tl.load(FMETA + layer * 2 + 1).to(ACC)
+    return w + local * n, n, offset, gain, scale, eps
+
+
+@triton.jit
+def _fwd_kernel(META, FMETA, ROW_LAYER, OUT, MEAN, RSTD, DT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    w, n, offset, gain, scale, eps = _row(META, FMETA, ROW_LAYER, row, DT, ACC)
+    cols = tl.arange(0, BLOCK)
+    acc = tl.zeros([BLOCK], dtype=ACC)
+    for start in range(0, n, BLOCK):
+        acc += tl.load(w + start + cols, mask=start + cols < n, other=0.0).to(ACC)
+    mean = tl.sum(acc, axis=0) / n
+    acc = tl.zeros([BLOCK], dtype=ACC)
+    for start in range(0, n, BLOCK):
+        mask = start + cols < n
+        x = tl.load(w + start + cols, mask=mask, other=0.0).to(ACC)
+        d = tl.where(mask, x - mean, 0.0)
+        acc += d * d
+    rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / n + eps)
+    a = gain * scale * rstd
+    b = -mean * a
+    for start in range(0, n, BLOCK):
+        mask = start + cols < n
+        x = tl.load(w + start + cols, mask=mask, other=0.0).to(ACC)
+        tl.store(OUT + offset + start + cols, (x * a + b).to(DT), mask=mask)
+    tl.store(MEAN + row, mean)
+    tl.store(RSTD + row, rstd)
+
+
+@triton.jit
+def _bwd_kernel(META, FMETA, ROW_LAYER, G, MEAN, RSTD, DW, DGAIN, DT: tl.constexpr, ACC: tl.constexpr,
+                BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    w, n, offset, gain, scale, _eps = _row(META, FMETA, ROW_LAYER, row, DT, ACC)
+    cols = tl.arange(0, BLOCK)
+    mean = tl.load(MEAN + row).to(ACC)
+    rstd = tl.load(RSTD + row).to(ACC)
+    acc_g = tl.zeros([BLOCK], dtype=ACC)
+    acc_gx = tl.zeros([BLOCK], dtype=ACC)
+    for start in range(0, n, BLOCK):
+        mask = start + cols < n
+        g = tl.load(G + offset + start + cols, mask=mask, other=0.0).to(ACC)
+        x = tl.load(w + start + cols, mask=mask, other=0.0).to(ACC)
+        acc_g += g
+        acc_gx += g * ((x - mean) * rstd)
+    sum_gx = tl.sum(acc_gx, axis=0)
+    mg = tl.sum(acc_g, axis=0) / n
+    mgx = sum_gx / n
+    k = gain * scale * rstd
+    for start in range(0, n, BLOCK):
+        mask = start + cols < n
+        g = tl.load(G + offset + start + cols, mask=mask, other=0.0).to(ACC)
+        x = tl.load(w + start + cols, mask=mask, other=0.0).to(ACC)
+        xh = (x - mean) * rstd
+        tl.store(DW + offset + start + cols, (k * (g - mg - xh * mgx)).to(DT), mask=mask)
+    tl.store(DGAIN + row, scale * sum_gx)
+
+
+_TL = {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+_tables: dict = {}  # key (addresses, lengths, scales, eps) -> device tables; a model has one or two keys
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":  # pinned: the copy is queued, the host does not wait
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _group(weights, gains, scales, eps):
+    """(meta, fmeta, row_layer, rows, total, block) for this list, built once per key."""
+    key = (tuple(w.data_ptr() for w in weights), tuple(g.data_ptr() if g.numel() else 0 for g in gains),
+           tuple(w.numel() for w in weights), tuple(w.shape[0] for w in weights), tuple(scales), tuple(eps))
+    hit = _tables.get(key)
+    if hit is not None:
+        return hit
+    device, dtype = weights[0].device, weights[0].dtype
+    rows = [w.shape[0] for w in weights]
+    ones = torch.ones(max(rows), dtype=dtype, device=device)  # the gain of a weight that has none
+    meta, first, offset = [], 0, 0
+    for w, g, r in zip(weights, gains, rows):
+        meta.append([w.data_ptr(), (g if g.numel() else ones).data_ptr(), w.numel() // r, first, offset])
+        first, offset = first + r, offset + w.numel()
+    row_layer = torch.repeat_interleave(torch.arange(len(weights), dtype=torch.int32), torch.tensor(rows))
+    block = min(triton.next_power_of_2(max(w.numel() // r for w, r in zip(weights, rows))), _MAX_BLOCK)
+    hit = (_to_device(torch.tensor(meta, dtype=torch.int64), device),
+           _to_device(torch.tensor([[s, e] for s, e in zip(scales, eps)], dtype=torch.float64), device),
+           _to_device(row_layer, device), first, offset, block, ones)
+    if len(_tables) > 8:  # stale groups (a model moved or rebuilt): drop them
+        _tables.clear()
+    _tables[key] = hit
+    return hit
+
+
+def _acc(dtype):
+    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
+
+
+def forward(weights, gains, scales, eps):
+    meta, fmeta, row_layer, rows, total, block, _ = _group(weights, gains, scales, eps)
+    first = weights[0]
+    acc, stat = _acc(first.dtype)
+    out = torch.empty(total, dtype=first.dtype, device=first.device)
+    mean = torch.empty(rows, dtype=stat, device=first.device)
+    rstd = torch.empty(rows, dtype=stat, device=first.device)
+    _fwd_kernel[(rows,)](meta, fmeta, row_layer, out, mean, rstd, DT=_TL[first.dtype], ACC=acc, BLOCK=block)
+    return out, mean, rstd
+
+
+def backward(grad, weights, gains, mean, rstd, scales):
+    meta, fmeta, row_layer, rows, total, block, _ = _group(weights, gains, scales, [1.0] * len(weights))
+    first = weights[0]
+    acc, stat = _acc(first.dtype)
+    g = grad.to(first.dtype).contiguous()
+    dw = torch.empty(total, dtype=first.dtype, device=first.device)
+    dgain = torch.empty(rows, dtype=stat, device=first.device)
+    _bwd_kernel[(rows,)](meta, fmeta, row_layer, g, mean.contiguous(), rstd.contiguous(), dw, dgain,
+                         DT=_TL[first.dtype], ACC=acc, BLOCK=block)
+    return dw, dgain
