@@ -12,6 +12,7 @@ Around it: the recipe's SGD + cosine schedule, DeepSpeed's data parallelism, ZeR
 (``torch_autocast``: bf16, or fp16 with dynamic loss scaling), atomic checkpoints with exact
 resume, validation (clean + PGD), logs, plots and a summary.
 """
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from fastnofrost.config import DATASETS, ConfigError, TrainConfig, load_config
 from fastnofrost.data import build_loader
 from fastnofrost.methods import AttackSettings, build_method
 from fastnofrost.models import create_model
+from fastnofrost.nn import group_weights
 from fastnofrost.training import distributed
 from fastnofrost.training.checkpoint import Checkpoints, save_weights
 from fastnofrost.training.finite import LossWatch, TrainingError, check_weights
@@ -150,6 +152,7 @@ class Trainer:
                              drop_rate=cfg.drop, drop_path_rate=cfg.drop_path)
         self.method.check_model(model)
         model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        self.group = group_weights(model)  # NF models: every WS layer standardized once per micro-batch
         torch.manual_seed(cfg.seed * 1000 + 1 + self.rank)  # dropout, drop-path, attacks: per rank
         ds_config = deepspeed_config(cfg, self.world, self.precision)
         groups = param_groups(cfg, model)
@@ -197,16 +200,18 @@ class Trainer:
         interval = _Interval(self.device)
         for index, batch in enumerate(islice(self.train_loader, n_micro - start), start=start):
             *views, y = batch
-            if cfg.views == "sequential":  # the run owns the boundary: two backwards per micro-batch
-                boundary = (index + 1) % cfg.grad_accum == 0
-                backward = self._view_backward(boundary)
-            else:
-                boundary, backward = engine.is_gradient_accumulation_boundary(), None
-            out = self.method(engine, engine.module, views[0], y, views[1] if len(views) > 1 else None, backward)
-            if not self.watch.add(out.loss, out.parts, engine.global_steps + 1, epoch):
-                continue  # fp16: a non-finite loss skips its batch
-            if not out.backpropagated:
-                engine.backward(out.loss)
+            sequential = cfg.views == "sequential"  # the run owns the boundary: a backward per view
+            with self._weights(sequential) as group:
+                if sequential:
+                    boundary = (index + 1) % cfg.grad_accum == 0
+                    backward = self._view_backward(boundary, group)
+                else:
+                    boundary, backward = engine.is_gradient_accumulation_boundary(), None
+                out = self.method(engine, engine.module, views[0], y, views[1] if len(views) > 1 else None, backward)
+                if not self.watch.add(out.loss, out.parts, engine.global_steps + 1, epoch):
+                    continue  # fp16: a non-finite loss skips its batch
+                if not out.backpropagated:
+                    engine.backward(out.loss)
             engine.step()
             interval.add(out, len(y))
             self.images += len(y) * self.world
@@ -235,10 +240,20 @@ class Trainer:
             self._validate(epoch)
         self._save()
 
-    def _view_backward(self, boundary: bool):
+    def _weights(self, sequential: bool):
+        """One micro-batch's standardized weights: one grouped forward for the attack and the
+        training forward, one grouped backward (fastnofrost/nn/grouped.py); BN models have none."""
+        if self.group is None:
+            return contextlib.nullcontext()
+        return self.group.step("several" if sequential else "one")
+
+    def _view_backward(self, boundary: bool, group):
         """``backward(term, last)`` for sequential views: DeepSpeed reduces gradients (ZeRO 0/1 at
-        the boundary, ZeRO 2 every backward) only after the last view of the last micro-batch."""
+        the boundary, ZeRO 2 every backward) only after the last view of the last micro-batch,
+        whose pass also runs the grouped WS backward."""
         def backward(term, last):
+            if group is not None:
+                group.last_pass(last)
             self.engine.set_gradient_accumulation_boundary(boundary and last)
             self.engine.backward(term)
         return backward

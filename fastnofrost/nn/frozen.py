@@ -29,7 +29,7 @@ def is_frozen() -> bool:
     return _depth > 0
 
 
-def _autocast_dtype(device_type: str):
+def autocast_dtype(device_type: str):
     if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
@@ -43,18 +43,31 @@ def cached_weight(layer, compute):
     """
     if torch.compiler.is_compiling() and getattr(layer, "_frozen_cache", None) is not None:
         return layer._frozen_cache[1]  # filled eagerly by fill_cache; no bookkeeping to trace
-    params = [p for p in (layer.weight, getattr(layer, "gain", None)) if p is not None]
     device_type = layer.weight.device.type
-    cast = _autocast_dtype(device_type)
-    key = tuple((id(p), p._version) for p in params) + (cast,)
+    cast = autocast_dtype(device_type)
     hit = layer.__dict__.get("_frozen_cache")
-    if hit is not None and hit[0] == key:
+    if hit is not None and hit[0] == _key(layer, cast):
         return hit[1]
+    group = layer.__dict__.get("_ws_group")
+    if group is not None:  # a grouped model (fastnofrost.nn.grouped): every layer's cache at once
+        group[0].fill_frozen(cast)
+        return layer.__dict__["_frozen_cache"][1]
     with torch.no_grad(), torch.autocast(device_type, enabled=False):
         w = compute()
         if cast is not None:
             w = w.to(cast)
-    layer.__dict__["_frozen_cache"] = (key, w)
+    return remember(layer, w, cast)
+
+
+def _key(layer, cast):
+    params = [p for p in (layer.weight, getattr(layer, "gain", None)) if p is not None]
+    return tuple((id(p), p._version) for p in params) + (cast,)
+
+
+def remember(layer, w, cast):
+    """Cache ``w`` (detached, in the attack dtype ``cast``) as ``layer``'s standardized weight
+    for the current frozen context."""
+    layer.__dict__["_frozen_cache"] = (_key(layer, cast), w)
     _cached_layers.add(layer)
     return w
 
@@ -70,8 +83,13 @@ def fill_cache(model: torch.nn.Module) -> None:
     """
     if not is_frozen():
         raise RuntimeError("fill_cache(model) only works inside `with frozen_weights():`")
+    groups = {}
     for module in model.modules():
         if not hasattr(module, "standardized_weight"):
+            continue
+        group = module.__dict__.get("_ws_group")
+        if group is not None:  # grouped layers: one persistent buffer for the whole group
+            groups[id(group[0])] = group[0]
             continue
         w = module.standardized_weight()
         store = module.__dict__.get("_frozen_store")
@@ -80,6 +98,8 @@ def fill_cache(model: torch.nn.Module) -> None:
         elif store is not w:
             store.copy_(w)
             module.__dict__["_frozen_cache"] = (module.__dict__["_frozen_cache"][0], store)
+    for group in groups.values():
+        group.fill_store(autocast_dtype(group.layers[0].weight.device.type))
 
 
 @contextlib.contextmanager

@@ -25,7 +25,8 @@ def symmetric_padding(kernel_size: _Size, stride: _Size = 1, dilation: _Size = 1
 
 
 class _WSConv2d(nn.Conv2d):
-    """Shared forward: standardize the weight (cached inside ``frozen_weights``), then conv."""
+    """Shared forward: standardize the weight (cached inside ``frozen_weights``; read from the
+    model's step inside :meth:`fastnofrost.nn.WeightGroup.step`), then conv."""
 
     gain: Optional[nn.Parameter]
     scale: float
@@ -45,6 +46,9 @@ class _WSConv2d(nn.Conv2d):
 
         if is_frozen():
             return cached_weight(self, compute)
+        group = self.__dict__.get("_ws_group")  # a grouped model inside its step (nn/grouped.py)
+        if group is not None and group[0].flat is not None:
+            return group[0].weight(group[1])
         return compute()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

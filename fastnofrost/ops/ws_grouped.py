@@ -104,9 +104,10 @@ def _backward_fake(grad, weights, gains, mean, rstd, scales):
 
 
 def shaped(chunk: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A 1-D ``chunk`` holding ``like``'s elements in ``like``'s memory order, viewed with its
-    shape and strides (view and permute: no copy, no kernel in the backward)."""
-    if like.is_contiguous():
+    """A 1-D ``chunk`` of the flat buffer, holding weight ``like`` in the order the op read it
+    (its memory order; row-major for a weight read through a contiguous copy), viewed with
+    its shape (view and permute: no copy, no kernel in the backward)."""
+    if like.is_contiguous() or not row_dense(like):
         return chunk.view(like.shape)
     order = sorted(range(like.dim()), key=lambda d: (-like.stride(d), d))
     inverse = sorted(range(like.dim()), key=order.__getitem__)
@@ -128,7 +129,7 @@ def _backward(ctx, grad, _grad_mean, _grad_rstd):
     if grad is None:
         return [None] * len(weights), [None] * len(gains), None, None
     grad_w, grad_gain = torch.ops.fastnofrost.ws_grouped_backward(grad, weights, gains, mean, rstd, ctx.scales)
-    grad_ws = [shaped(c, w) for c, w in zip(grad_w.split([w.numel() for w in weights]), weights)]
+    grad_ws = split_shaped(grad_w, weights)
     grad_gs = [c.to(g.dtype).view(g.shape) if g.numel() else None
                for c, g in zip(grad_gain.split([w.shape[0] for w in weights]), gains)]
     return grad_ws, grad_gs, None, None
@@ -137,14 +138,19 @@ def _backward(ctx, grad, _grad_mean, _grad_rstd):
 torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
 
 
-def grouped_forward(weights: Sequence[torch.Tensor], gains: Sequence[Optional[torch.Tensor]],
-                    scales: Sequence[float], eps: Sequence[float]) -> List[torch.Tensor]:
+def grouped_flat(weights: Sequence[torch.Tensor], gains: Sequence[Optional[torch.Tensor]],
+                 scales: Sequence[float], eps: Sequence[float]) -> torch.Tensor:
     """The op on an already checked group (:class:`fastnofrost.nn.WeightGroup` checks once):
-    the standardized weights, shaped as the weights. A weight that is not row-dense is read
+    the flat buffer of every standardized weight. A weight that is not row-dense is read
     through a contiguous copy."""
     weights = [w if row_dense(w) else w.contiguous() for w in weights]
     gains = [w.new_empty(0) if g is None else g for w, g in zip(weights, gains)]
     flat, _, _ = torch.ops.fastnofrost.ws_grouped_forward(weights, gains, list(scales), list(eps))
+    return flat
+
+
+def split_shaped(flat: torch.Tensor, weights: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """The flat buffer as one tensor per weight, shaped as the weights (one split, views)."""
     return [shaped(c, w) for c, w in zip(flat.split([w.numel() for w in weights]), weights)]
 
 
@@ -164,4 +170,4 @@ def grouped_scaled_weight_standardization(weights: Sequence[torch.Tensor],
     check_group(weights, gains, scales, eps)
     if check_backend(backend) == "reference":
         return [reference.scaled_weight_standardization(w, g, s, e) for w, g, s, e in zip(weights, gains, scales, eps)]
-    return grouped_forward(weights, gains, scales, eps)
+    return split_shaped(grouped_flat(weights, gains, scales, eps), weights)

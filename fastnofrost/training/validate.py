@@ -1,14 +1,16 @@
 """Periodic validation, as the official script does it: clean accuracy on the whole validation
 set, PGD accuracy (the training radius, ``val_steps`` steps) on its first ``val_examples``.
 Counts stay on the device until the end (one read); the attack is the training run's
-(``compile_step``), so a compiled run reuses its attack graph."""
+(``compile_step``), so a compiled run reuses its attack graph. A grouped model standardizes its
+weights once per batch (fastnofrost/nn/grouped.py)."""
+import contextlib
 import math
 
 import torch
 
 from ..attacks import pgd
 from ..attacks.common import Precision
-from ..nn import set_bn_mode
+from ..nn import set_bn_mode, weight_group
 from . import distributed
 
 
@@ -24,17 +26,19 @@ def validate(module, loader, *, eps, steps, examples, precision, device, mbnat_g
     n_clean = n_robust = 0
     loader.set_epoch(0)
     prec = Precision(precision)
+    group = weight_group(module)
     try:
         for x, y in loader:
-            with torch.no_grad():
+            with torch.no_grad(), group.step() if group is not None else contextlib.nullcontext():
                 clean += (prec.logits(module, x).argmax(1) == y).sum()
-            n_clean += len(y)
-            take = int(min(len(y), limit - n_robust))
-            if take > 0:
-                x_adv = pgd(module, x[:take], y[:take], eps, steps, precision=precision, compile_step=compile_step)
-                with torch.no_grad():
+                n_clean += len(y)
+                take = int(min(len(y), limit - n_robust))
+                if take > 0:
+                    with torch.enable_grad():
+                        x_adv = pgd(module, x[:take], y[:take], eps, steps, precision=precision,
+                                    compile_step=compile_step)
                     robust += (prec.logits(module, x_adv).argmax(1) == y[:take]).sum()
-                n_robust += take
+                    n_robust += take
     finally:
         if mbnat_gamma is not None:
             set_bn_mode(module, "clean")
