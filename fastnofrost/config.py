@@ -23,6 +23,7 @@ PRECISIONS = ("auto",) + tuple(ATTACK_PRECISIONS)
 BACKENDS = ("auto",) + DATA_BACKENDS
 OPTIMIZERS = ("sgd", "adamw")
 VIEWS = ("concat", "sequential")
+WS = ("grouped", "per-layer")
 # fields that were replaced: a config or command line that still names one gets this sentence
 RETIRED = {"compile_attack": "--compile-attack was replaced by --compile none|attack|full (auto by default: full "
                              "on CUDA); the attack's compile mode follows the device (CUDA graphs on CUDA)"}
@@ -69,6 +70,8 @@ class TrainConfig:
                               "or full (the PGD step and the training forward/backward)")
     views: str = _f("concat", "concat (one forward/backward of all views of a batch) or sequential (each view's "
                               "backward before the next view's forward: about half the activation memory, same math)")
+    ws: str = _f("grouped", "grouped (every weight standardization of an NF model in one op, once per micro-batch) "
+                            "or per-layer (one op per layer and use: the reference path)")
     # data
     data: Optional[str] = _f(None, "ImageNet-layout folder, or digits / fashion-mnist (none: the digits demo)")
     data_backend: str = _f("auto", "auto (dali-gpu on CUDA, torch on CPU), dali-gpu, dali-cpu, torch, synthetic")
@@ -162,6 +165,7 @@ def _problems(c: TrainConfig, world_size: int) -> List[str]:
     need(c.compile in ("auto",) + COMPILE_LEVELS,
          f"--compile must be one of auto, {', '.join(COMPILE_LEVELS)}, got {c.compile!r}")
     need(c.views in VIEWS, f"--views must be one of {', '.join(VIEWS)}, got {c.views!r}")
+    need(c.ws in WS, f"--ws must be one of {', '.join(WS)}, got {c.ws!r}")
     if c.views == "sequential" and c.method in METHODS:
         need(METHODS[c.method].separable,
              f"--views sequential needs a loss that is a sum over views; {c.method}'s KL term couples the clean and "

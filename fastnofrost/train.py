@@ -152,7 +152,8 @@ class Trainer:
                              drop_rate=cfg.drop, drop_path_rate=cfg.drop_path)
         self.method.check_model(model)
         model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        self.group = group_weights(model)  # NF models: every WS layer standardized once per micro-batch
+        # NF models: every WS layer standardized by one op, once per micro-batch (--ws per-layer: per use)
+        self.group = group_weights(model) if cfg.ws == "grouped" else None
         torch.manual_seed(cfg.seed * 1000 + 1 + self.rank)  # dropout, drop-path, attacks: per rank
         ds_config = deepspeed_config(cfg, self.world, self.precision)
         groups = param_groups(cfg, model)
@@ -185,7 +186,7 @@ class Trainer:
         self.log.info(f"{cfg.method} on {cfg.model} ({self._n_params() / 1e6:.2f}M parameters), {self.world} rank(s) "
                       f"on {self.device.type}, {self.precision}, {self.steps_per_epoch} steps/epoch, "
                       f"batch {cfg.batch_size}, lr {cfg.peak_lr:g}, eps {cfg.eps:g}/255 x {cfg.steps} steps, "
-                      f"compile {self.compile_level}, {cfg.views} views")
+                      f"compile {self.compile_level}, {cfg.views} views, {cfg.ws} WS")
         while self.state["epoch"] < cfg.epochs and self.engine.global_steps < self.total_steps:
             self._epoch(self.state["epoch"])
         return self._finish()
@@ -300,7 +301,7 @@ class Trainer:
                    "clean": last.get("clean"), "robust": last.get("robust"),
                    "best_clean": self.state["best_clean"], "best_robust": self.state["best_robust"],
                    "world_size": self.world, "ranks_in_sync": distributed.in_sync(self.engine.module),
-                   "compile": self.compile_level, "views": cfg.views, **compile_counts(self.compile_level),
+                   "compile": self.compile_level, "views": cfg.views, "ws": cfg.ws, **compile_counts(self.compile_level),
                    "run_dir": cfg.run_dir}
         pct = lambda v: "-" if v is None or v < 0 else f"{v:.2f}%"  # noqa: E731
         self.log.info(summary_table([

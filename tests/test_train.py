@@ -220,6 +220,7 @@ def test_batch_norm_never_sees_mixed_views(name, digits_batch):
     (["--compile", "max"], "--compile must be one of auto, none, attack, full"),
     (["--compile-attack", "default"], "--compile-attack was replaced by --compile none|attack|full"),
     (["--views", "zip"], "--views must be one of concat, sequential"),
+    (["--ws", "fused"], "--ws must be one of grouped, per-layer"),
     (["--views", "sequential", "--method", "trades"], "--views sequential needs a loss that is a sum over views"),
     (["--views", "sequential", "--precision", "fp16"], "--views sequential cannot skip an fp16 batch"),
 ])
@@ -393,6 +394,25 @@ def test_sequential_views_under_zero_2_and_accumulation_equal_concat(tmp_path):
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
     assert json.loads((tmp_path / "seq" / "summary.json").read_text())["views"] == "sequential"
+
+
+def test_grouped_ws_trains_as_per_layer_under_zero_0_1_2_and_accumulation(tmp_path):
+    """--ws grouped (the default) under ZeRO 0, 1 and 2 with 2 accumulation steps trains as the
+    per-layer reference: under ZeRO 0 the same losses and weights to the last bit (the grouped
+    rows are computed as the per-layer ones), under ZeRO 1 / 2 within DeepSpeed's rounding."""
+    common = ["--method", "nofrost", "--max-steps", "3", "--grad-accum", "2", "--val-every", "0", "--log-every", "1"]
+    run(train_cmd(tmp_path / "per-layer", *common, "--ws", "per-layer"))
+    from safetensors.torch import load_file
+
+    ref = load_file(str(tmp_path / "per-layer" / "final.safetensors"))
+    for zero in (0, 1, 2):
+        out = tmp_path / f"zero{zero}"
+        run(train_cmd(out, *common, "--zero-stage", str(zero)))
+        assert json.loads((out / "summary.json").read_text())["ws"] == "grouped"
+        got, tol = load_file(str(out / "final.safetensors")), (0.0 if zero == 0 else 1e-5)
+        assert losses(out) == pytest.approx(losses(tmp_path / "per-layer"), rel=tol, abs=0)
+        for key in ref:
+            torch.testing.assert_close(got[key], ref[key], rtol=tol, atol=tol, msg=f"ZeRO {zero}: {key}")
 
 
 def test_two_deepspeed_ranks_equal_one_rank_on_the_full_batch(tmp_path):
