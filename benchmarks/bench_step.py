@@ -7,8 +7,9 @@ optimizer); K = 0 is plain ST, CE(x). The model trains as in the recipe (dropout
 drop-path 0.1). Engines:
 
   ours        the library path: build_method('nofrost' | 'st', AttackSettings(...)) called as
-              method(forward, model, x, y): fused ops, WS once per attack, no weight gradients
-              in the loop, clean + adversarial halves in one forward; bf16 autocast and
+              method(forward, model, x, y) inside the model's WeightGroup step (train.py's
+              --ws grouped: every weight standardized by one op, once per step): fused ops,
+              no weight gradients in the loop, clean + adversarial halves in one forward; bf16 autocast and
               channels_last on CUDA (fp32 on CPU); --compile adds AttackSettings.compile_step
   ours-full   ours as train.py --compile full runs it: the attack step compiled (CUDA graphs on
               CUDA) and the model's training forward and backward compiled (module.compile())
@@ -69,7 +70,7 @@ from fastnofrost.attacks.common import Precision, attack_compile_step, attack_mo
 from fastnofrost.config import TrainConfig
 from fastnofrost.methods import AttackSettings, build_method
 from fastnofrost.models import create_model
-from fastnofrost.nn import ScaledStdConv2d, StdConv2d
+from fastnofrost.nn import ScaledStdConv2d, StdConv2d, group_weights, weight_group
 from fastnofrost.train import build_optimizer, param_groups, resolve
 
 RECIPE = TrainConfig()  # the official recipe's defaults
@@ -134,13 +135,15 @@ def flop_floor(k: int, fwd: float, igrad: float, wgrad: float) -> float:
 class Setup:
     """How an engine of ours runs: precision of the training forward and of the attack,
     AttackSettings.compile_step, memory format, WS backend, whether the model itself is
-    compiled (train.py --compile full), the views (--views) and library pieces swapped out."""
+    compiled (train.py --compile full), the views (--views), grouped or per-layer WS (--ws) and
+    library pieces swapped out."""
     precision: str
     compile_step: object
     channels_last: bool
     ws_backend: str = "fused"
     compile_model: bool = False
     views: str = "concat"
+    ws: str = "grouped"
     patches: Tuple[Callable, ...] = ()
 
     def but(self, **changes) -> "Setup":
@@ -221,12 +224,16 @@ def unfused_pgd():
 
 
 ABLATIONS = {  # name: (what is removed, Setup -> Setup, or None where ours does not use it)
-    "no-ws-cache": ("WS cached per attack: standardize every PGD step", lambda s: s.patched(no_ws_cache)),
+    "per-layer-ws": ("grouped WS once per step: one WS op per layer and use (--ws per-layer)",
+                     lambda s: s.but(ws="per-layer")),
+    "no-ws-cache": ("WS cached per attack: per layer, standardize every PGD step",
+                    lambda s: s.patched(no_ws_cache).but(ws="per-layer")),
     "weight-grads": ("no weight grads in the loop: params require grad, each step differentiates them",
                      lambda s: s.patched(weight_grads_in_loop)),
     "two-forwards": ("one clean+adv forward: two forwards", lambda s: s.patched(two_forwards)),
     "unfused-pgd": ("fused PGD ops: random start and step in eager torch", lambda s: s.patched(unfused_pgd)),
-    "unfused-ws": ("fused WS kernel: layers' backend='reference'", lambda s: s.but(ws_backend="reference")),
+    "unfused-ws": ("fused WS kernel: layers' backend='reference' (per layer)",
+                   lambda s: s.but(ws_backend="reference", ws="per-layer")),
     "fp32": ("bf16 autocast: fp32", lambda s: None if s.precision == "fp32" else s.but(precision="fp32")),
     "no-compile": ("compiled attack step: eager", lambda s: s.but(compile_step=False) if s.compile_step else None),
     "nchw": ("channels_last: NCHW", lambda s: s.but(channels_last=False) if s.channels_last else None),
@@ -281,12 +288,19 @@ def autocast_forward(model, precision: str, device: str):
 
 
 def ours_step(model, optimizer, setup: Setup, k: int, device: str):
-    """One library training step: method(forward, model, x, y), backward (sequential views: one
-    per view, inside the method), SGD step."""
+    """One library training step, as train.py runs one: inside the model's WeightGroup step
+    (grouped WS), method(forward, model, x, y), backward (sequential views: one per view, inside
+    the method), SGD step."""
     attack = AttackSettings(eps=EPS, steps=k, precision=setup.precision, compile_step=setup.compile_step)
     method = build_method("nofrost" if k else "st", attack, smoothing=SMOOTHING, lam=LAMBDA)
     forward = autocast_forward(model, setup.precision, device)
-    backward = (lambda term, last: term.backward()) if setup.views == "sequential" else None
+    group = weight_group(model)
+    sequential = setup.views == "sequential"
+
+    def backward(term, last):
+        if group is not None:
+            group.last_pass(last)
+        term.backward()
 
     def step(x, y):
         with contextlib.ExitStack() as stack:
@@ -294,10 +308,12 @@ def ours_step(model, optimizer, setup: Setup, k: int, device: str):
                 stack.enter_context(patch())
             model.train()
             optimizer.zero_grad(set_to_none=True)
-            out = method(forward, model, x, y, backward=backward)
+            if group is not None:
+                stack.enter_context(group.step("several" if sequential else "one"))
+            out = method(forward, model, x, y, backward=backward if sequential else None)
             if not out.backpropagated:
                 out.loss.backward()
-            optimizer.step()
+        optimizer.step()
     return step
 
 
@@ -325,6 +341,8 @@ def build(args, setup: Optional[Setup], batch: int):
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    if setup.ws == "grouped":
+        group_weights(model)
     if setup.compile_model:
         model.compile()  # what engine.compile() does in train.py
     optimizer = build_optimizer(cfg, param_groups(cfg, model), torch.device(args.device), {})

@@ -60,8 +60,8 @@ def test_quick_run_writes_every_engine_and_k(tmp_path):
     ks, ablation_ks = result["config"]["ks"], result["config"]["ablation_ks"]
     full_ks = ("ours", "ours-full", "official") if inductor else ("ours", "official")
     expected = {(name, k) for name in full_ks for k in ks} | {
-        (name, k) for name in ("ours-sequential", "naive-attack", "no-ws-cache", "weight-grads", "two-forwards",
-                               "unfused-pgd", "unfused-ws") for k in ablation_ks}
+        (name, k) for name in ("ours-sequential", "naive-attack", "per-layer-ws", "no-ws-cache", "weight-grads",
+                               "two-forwards", "unfused-pgd", "unfused-ws") for k in ablation_ks}
     assert {(r["engine"], r["k"]) for r in result["rows"]} == expected
     assert set(result["engines"]) == {name for name, _ in expected}
     flops = result["flops_per_image"]
