@@ -131,23 +131,25 @@ def test_gradient_accumulation_one_grouped_pass_each_way_per_micro_batch(digits_
 
 
 def test_autocast_reads_the_weights_cast_once(digits_batch):
-    """Under bf16 autocast the training forward reads weights cast for all layers in one op:
-    the same values as autocast's per-layer casts, so the same loss and gradients (float32
-    model; the grouped and per-layer rows are computed alike)."""
+    """Under bf16 autocast the training forward reads weights cast for all layers in one op, the
+    values autocast's per-layer casts give: the same loss and gradients up to bf16 rounding (a
+    float32 ulp between the two paths' w_hat may round to another bf16 value), so the two paths
+    differ by less than the per-layer path differs from float64 math."""
     x, y = digits_batch
     per_layer, grouped, group = pair("ours")
+    exact = copy.deepcopy(per_layer)  # float64, no autocast
     per_layer.float(), grouped.float()
-    x = x.float()
     method = build_method("st", ATTACK)
 
-    def run(model, group=None):
+    def run(model, group=None, autocast=True):
         torch.manual_seed(1)
         with group.step() if group is not None else torch.enable_grad():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = method.ce(model(x), y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = method.ce(model(x.to(next(model.parameters()).dtype)), y)
             loss.backward()
         return loss.detach()
 
+    run(exact, autocast=False)
     def casts(model, group=None):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             loss = run(model, group)
@@ -157,7 +159,10 @@ def test_autocast_reads_the_weights_cast_once(digits_batch):
     # autocast casts each standardized weight on its own, and its gradient back; the group casts
     # them in one op each way (inputs, biases and the classifier are cast alike on both paths)
     assert grouped_casts == per_layer_casts - 2 * (len(group.layers) - 1), (grouped_casts, per_layer_casts)
-    assert_same_step(per_layer, grouped, loss_a, loss_b, tol=1e-6)
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-4, atol=0)
+    for (name, p), q, r in zip(per_layer.named_parameters(), grouped.parameters(), exact.parameters()):
+        bf16_error = (p.grad.double() - r.grad).abs().max().item()
+        assert (q.grad - p.grad).abs().max().item() <= bf16_error, name
 
 
 @needs_inductor_cpu

@@ -27,10 +27,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ws_forward_cpu(const at::Tensor& 
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     stat_t* mp = mean.mutable_data_ptr<stat_t>();
     stat_t* sp = rstd.mutable_data_ptr<stat_t>();
+    const bool stream = out.nbytes() > kStreamBytes;
     at::parallel_for(0, rows, grain_rows(n), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r)
         ws_forward_row<scalar_t>(wp + r * n, n, gp ? static_cast<acc_type<scalar_t>>(gp[r]) : 1, scale, eps,
-                                 op + r * n, mp + r, sp + r);
+                                 op + r * n, mp + r, sp + r, stream);
+      _mm_sfence();
     });
   });
   return {out, mean, rstd};
@@ -62,10 +64,12 @@ std::tuple<at::Tensor, at::Tensor> ws_backward_cpu(const at::Tensor& grad_out, c
     const stat_t* sp = s.const_data_ptr<stat_t>();
     scalar_t* dw = grad_w.mutable_data_ptr<scalar_t>();
     stat_t* dg = grad_gain.mutable_data_ptr<stat_t>();
+    const bool stream = grad_w.nbytes() > kStreamBytes;
     at::parallel_for(0, rows, grain_rows(n), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r)
         ws_backward_row<scalar_t>(gr + r * n, wp + r * n, n, gp ? static_cast<acc_type<scalar_t>>(gp[r]) : 1,
-                                  mp[r], sp[r], scale, dw + r * n, dg + r);
+                                  mp[r], sp[r], scale, dw + r * n, dg + r, stream);
+      _mm_sfence();
     });
   });
   return {grad_w, grad_gain};

@@ -63,10 +63,12 @@ void for_each_row(const Layout& lay, const F& f) {
     for (; l < layers; ++l, local = 0) {
       for (; local < lay.rows[l]; ++local) {
         const int64_t offset = lay.elem_off[l] + local * lay.n[l];
-        if (offset >= end) return;
+        if (offset >= end) break;
         f(l, local, lay.row_off[l] + local, offset);
       }
+      if (local < lay.rows[l]) break;  // stopped inside this weight: the task's range is done
     }
+    _mm_sfence();  // the task's non-temporal stores are visible before the op returns
   });
 }
 
@@ -86,12 +88,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ws_grouped_forward_cpu(
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     stat_t* mp = mean.mutable_data_ptr<stat_t>();
     stat_t* sp = rstd.mutable_data_ptr<stat_t>();
+    const bool stream = out.nbytes() > kStreamBytes;
     for_each_row(lay, [&](int64_t l, int64_t local, int64_t row, int64_t offset) {
       const int64_t n = lay.n[l];
       const at::Tensor& gn = lay.gains[l];
       const acc_type<scalar_t> g = gn.defined() ? static_cast<acc_type<scalar_t>>(gn.const_data_ptr<scalar_t>()[local]) : 1;
       ws_forward_row<scalar_t>(lay.weights[l].const_data_ptr<scalar_t>() + local * n, n, g, scales[l], eps[l],
-                               op + offset, mp + row, sp + row);
+                               op + offset, mp + row, sp + row, stream);
     });
   });
   return {out, mean, rstd};
@@ -121,12 +124,13 @@ std::tuple<at::Tensor, at::Tensor> ws_grouped_backward_cpu(const at::Tensor& gra
     const stat_t* sp = s.const_data_ptr<stat_t>();
     scalar_t* dw = grad_w.mutable_data_ptr<scalar_t>();
     stat_t* dg = grad_gain.mutable_data_ptr<stat_t>();
+    const bool stream = grad_w.nbytes() > kStreamBytes;
     for_each_row(lay, [&](int64_t l, int64_t local, int64_t row, int64_t offset) {
       const int64_t n = lay.n[l];
       const at::Tensor& gn = lay.gains[l];
       const acc_type<scalar_t> gain = gn.defined() ? static_cast<acc_type<scalar_t>>(gn.const_data_ptr<scalar_t>()[local]) : 1;
       ws_backward_row<scalar_t>(gr + offset, lay.weights[l].const_data_ptr<scalar_t>() + local * n, n, gain, mp[row],
-                                sp[row], scales[l], dw + offset, dg + row);
+                                sp[row], scales[l], dw + offset, dg + row, stream);
     });
   });
   return {grad_w, grad_gain};

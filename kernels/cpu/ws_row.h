@@ -9,6 +9,8 @@
 // are accumulated in double (float64 weights) or float (every other dtype).
 #pragma once
 
+#include <emmintrin.h>  // SSE2: non-temporal stores (every x86-64 CPU has them)
+
 #include "common.h"
 
 namespace fastnofrost {
@@ -19,10 +21,34 @@ using ws_stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, f
 
 inline at::ScalarType ws_stat_dtype(at::ScalarType weight) { return weight == at::kDouble ? at::kDouble : at::kFloat; }
 
-// Standardize row `w` (n elements) into `out`; returns (mean, rstd).
+// Outputs larger than this are written with non-temporal stores: they do not fit the caches
+// anyway, and a streaming store skips the read-for-ownership of every output line (a third of
+// the traffic of the forward, a quarter of the backward). Smaller outputs stay in the cache for
+// the convolution that reads them next.
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+// A float row written with non-temporal stores: out[i] = f(i) up to a 16-byte boundary, then
+// the SSE vector fv(i) (the same IEEE operations in the same order as f, so both give the same
+// bits) 4 elements at a time, then f(i) again for the tail. The caller issues the _mm_sfence.
+template <typename F, typename FV>
+inline void stream_row(float* out, int64_t n, const F& f, const FV& fv) {
+  int64_t i = 0;
+  for (; i < n && (reinterpret_cast<uintptr_t>(out + i) & 15) != 0; ++i) out[i] = f(i);
+  for (; i + 4 <= n; i += 4) _mm_stream_ps(out + i, fv(i));
+  for (; i < n; ++i) out[i] = f(i);
+}
+
+template <typename acc_t, typename stat_t>
+inline void store_stats(acc_t mean, acc_t rstd, stat_t* mean_out, stat_t* rstd_out) {
+  *mean_out = static_cast<stat_t>(mean);
+  *rstd_out = static_cast<stat_t>(rstd);
+}
+
+// Standardize row `w` (n elements) into `out`, and store its mean and rstd.
 template <typename scalar_t>
 inline void ws_forward_row(const scalar_t* w, int64_t n, acc_type<scalar_t> gain, double scale, double eps,
-                           scalar_t* out, ws_stat_t<scalar_t>* mean_out, ws_stat_t<scalar_t>* rstd_out) {
+                           scalar_t* out, ws_stat_t<scalar_t>* mean_out, ws_stat_t<scalar_t>* rstd_out,
+                           bool stream = false) {
   using acc_t = acc_type<scalar_t>;
   // One pass for both moments, shifted by the row's first element so that a mean far from
   // zero does not cancel the variance: var = E[d^2] - E[d]^2 with d = w - w[0].
@@ -40,10 +66,17 @@ inline void ws_forward_row(const scalar_t* w, int64_t n, acc_type<scalar_t> gain
   const acc_t rstd = acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
   const acc_t a = gain * static_cast<acc_t>(scale) * rstd;
   const acc_t b = -mean * a;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (stream) {
+      stream_row(
+          out, n, [&](int64_t i) { return w[i] * a + b; },
+          [&](int64_t i) { return _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(w + i), _mm_set1_ps(a)), _mm_set1_ps(b)); });
+      return store_stats(mean, rstd, mean_out, rstd_out);
+    }
+  }
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(w[i]) * a + b);
-  *mean_out = static_cast<ws_stat_t<scalar_t>>(mean);
-  *rstd_out = static_cast<ws_stat_t<scalar_t>>(rstd);
+  store_stats(mean, rstd, mean_out, rstd_out);
 }
 
 // Gradient of one row from the saved mean / rstd:
@@ -51,7 +84,7 @@ inline void ws_forward_row(const scalar_t* w, int64_t n, acc_type<scalar_t> gain
 template <typename scalar_t>
 inline void ws_backward_row(const scalar_t* g, const scalar_t* x, int64_t n, acc_type<scalar_t> gain,
                             ws_stat_t<scalar_t> mean, ws_stat_t<scalar_t> rstd, double scale, scalar_t* grad_w,
-                            ws_stat_t<scalar_t>* grad_gain) {
+                            ws_stat_t<scalar_t>* grad_gain, bool stream = false) {
   using acc_t = acc_type<scalar_t>;
   const acc_t m = static_cast<acc_t>(mean);
   const acc_t s = static_cast<acc_t>(rstd);
@@ -67,6 +100,19 @@ inline void ws_backward_row(const scalar_t* g, const scalar_t* x, int64_t n, acc
   const acc_t k = gain * static_cast<acc_t>(scale) * s;
   const acc_t mg = sum_g * inv_n;
   const acc_t mgx = sum_gx * inv_n;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (stream) {
+      stream_row(
+          grad_w, n, [&](int64_t i) { return k * (g[i] - mg - (x[i] - m) * s * mgx); },
+          [&](int64_t i) {
+            const __m128 xh = _mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(x + i), _mm_set1_ps(m)), _mm_set1_ps(s));
+            const __m128 d =
+                _mm_sub_ps(_mm_sub_ps(_mm_loadu_ps(g + i), _mm_set1_ps(mg)), _mm_mul_ps(xh, _mm_set1_ps(mgx)));
+            return _mm_mul_ps(_mm_set1_ps(k), d);
+          });
+      return;
+    }
+  }
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const acc_t xh = (static_cast<acc_t>(x[i]) - m) * s;
