@@ -13,7 +13,8 @@ warm-up steps:
   cuda_sync  CUDA only, ours: one more step under torch.cuda.set_sync_debug_mode("error"):
              "none", or the first sync's error (a step that waits on the device)
 
-Engines (bench_step's): ``ours`` (eager), ``ours-full`` (train.py --compile full: the attack step
+Engines (bench_step's): ``ours`` (eager; the grouped WS, as train.py's default --ws grouped),
+``per-layer-ws`` (ours with one WS op per layer and use, --ws per-layer), ``ours-full`` (train.py --compile full: the attack step
 and the training forward/backward compiled) and ``official`` (official.py: PGDAT.py's step with
 its five .item() meters). Goals (reported, never asserted): ours-full dispatches <= 1/10 of the
 official step's ops, 0 reads.
@@ -36,7 +37,7 @@ from reads import ReadCounter
 from results_io import save_result, set_allocator
 from fastnofrost.attacks import default_alpha
 
-ENGINES = ("ours", "ours-full", "official")
+ENGINES = ("ours", "per-layer-ws", "ours-full", "official")
 GOAL_OPS = 0.1  # ours-full ops <= this x the official step's
 
 

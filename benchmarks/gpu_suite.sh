@@ -42,7 +42,7 @@ $PY -c "import deepspeed; print('deepspeed', deepspeed.__version__)" 2>/dev/null
 $PY -c "import nvidia.dali; print('DALI', nvidia.dali.__version__)" 2>/dev/null | tee -a "$LOG" \
   || echo "DALI not installed: dali-gpu/dali-cpu data benchmarks skipped" | tee -a "$LOG"
 step $PY -m pip install -q --no-build-isolation --no-deps --no-index -e . || { echo "build failed"; exit 1; }
-step $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_ops_ws.py tests/test_ops_pgd.py tests/test_std_conv.py
+step $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_ops_ws.py tests/test_ops_ws_grouped.py tests/test_ops_pgd.py tests/test_std_conv.py tests/test_grouped.py
 step $PY -m pytest -q -p no:cacheprovider tests/test_models.py
 step $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_attacks.py
 step $PY benchmarks/bench_kernels.py

@@ -229,6 +229,7 @@ def metric_overrides(args) -> Dict[str, dict]:
 def run(args, argv: Sequence[str] = ()) -> dict:
     """The evaluation the options describe; rank 0 prints and writes the report."""
     from .models import create_model, load_checkpoint
+    from .nn import group_weights
 
     device = init_from_env(args.device) if launched() else torch.device(args.device)
     rank, world = rank_and_world()
@@ -239,6 +240,7 @@ def run(args, argv: Sequence[str] = ()) -> dict:
     model = create_model(args.model, num_classes=args.num_classes or loader.num_classes, width=args.width)
     load_checkpoint(model, args.checkpoint)
     model.to(device).eval()
+    group_weights(model)  # NF models: each attack standardizes every weight in one op
     if splits:
         check_outputs(splits, class_index, args.num_classes or loader.num_classes)
     meta = {"model": args.model, "checkpoint": args.checkpoint, "data": args.data,
