@@ -1,4 +1,5 @@
-"""Scaled weight standardization: Triton forward and backward kernels, one program per row.
+"""Scaled weight standardization: Triton forward and backward kernels, one program per row; the
+row math (ws_row_forward / ws_row_backward) is shared with the grouped kernels.
 
     w_hat[o, i] = gain[o] * scale * (w[o, i] - mean[o]) * rstd[o]
 
@@ -17,31 +18,69 @@ def _block(n: int) -> int:
 
 
 @triton.jit
-def _ws_fwd_kernel(W, GAIN, OUT, MEAN, RSTD, n, scale, eps,
-                   HAS_GAIN: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    base = row.to(tl.int64) * n
+def ws_row_forward(W, OUT, n, gain, scale, eps, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Standardize the row at W (n elements) into OUT; returns (mean, rstd). Shared with the
+    grouped kernels (ws_grouped.py)."""
     cols = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], dtype=ACC)
     for start in range(0, n, BLOCK):
-        mask = start + cols < n
-        acc += tl.load(W + base + start + cols, mask=mask, other=0.0).to(ACC)
+        acc += tl.load(W + start + cols, mask=start + cols < n, other=0.0).to(ACC)
     mean = tl.sum(acc, axis=0) / n
     acc = tl.zeros([BLOCK], dtype=ACC)
     for start in range(0, n, BLOCK):
         mask = start + cols < n
-        x = tl.load(W + base + start + cols, mask=mask, other=0.0).to(ACC)
+        x = tl.load(W + start + cols, mask=mask, other=0.0).to(ACC)
         d = tl.where(mask, x - mean, 0.0)
         acc += d * d
     rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / n + eps)
-    a = scale * rstd
-    if HAS_GAIN:
-        a = a * tl.load(GAIN + row).to(ACC)
+    a = gain * scale * rstd
     b = -mean * a
     for start in range(0, n, BLOCK):
         mask = start + cols < n
-        x = tl.load(W + base + start + cols, mask=mask, other=0.0).to(ACC)
-        tl.store(OUT + base + start + cols, (x * a + b).to(OUT.dtype.element_ty), mask=mask)
+        x = tl.load(W + start + cols, mask=mask, other=0.0).to(ACC)
+        tl.store(OUT + start + cols, (x * a + b).to(OUT.dtype.element_ty), mask=mask)
+    return mean, rstd
+
+
+@triton.jit
+def ws_row_backward(G, W, DW, n, mean, rstd, gain, scale, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """The gradient of one row into DW, from the saved mean / rstd; returns the gain's gradient."""
+    cols = tl.arange(0, BLOCK)
+    acc_g = tl.zeros([BLOCK], dtype=ACC)
+    acc_gx = tl.zeros([BLOCK], dtype=ACC)
+    for start in range(0, n, BLOCK):
+        mask = start + cols < n
+        g = tl.load(G + start + cols, mask=mask, other=0.0).to(ACC)
+        x = tl.load(W + start + cols, mask=mask, other=0.0).to(ACC)
+        acc_g += g
+        acc_gx += g * ((x - mean) * rstd)
+    sum_gx = tl.sum(acc_gx, axis=0)
+    k = gain * scale * rstd
+    mg = tl.sum(acc_g, axis=0) / n
+    mgx = sum_gx / n
+    for start in range(0, n, BLOCK):
+        mask = start + cols < n
+        g = tl.load(G + start + cols, mask=mask, other=0.0).to(ACC)
+        x = tl.load(W + start + cols, mask=mask, other=0.0).to(ACC)
+        xh = (x - mean) * rstd
+        tl.store(DW + start + cols, (k * (g - mg - xh * mgx)).to(DW.dtype.element_ty), mask=mask)
+    return scale * sum_gx
+
+
+@triton.jit
+def _gain(GAIN, row, HAS_GAIN: tl.constexpr, ACC: tl.constexpr):
+    if HAS_GAIN:
+        return tl.load(GAIN + row).to(ACC)
+    else:
+        return tl.full([], 1.0, ACC)
+
+
+@triton.jit
+def _ws_fwd_kernel(W, GAIN, OUT, MEAN, RSTD, n, scale, eps,
+                   HAS_GAIN: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    base = row.to(tl.int64) * n
+    mean, rstd = ws_row_forward(W + base, OUT + base, n, _gain(GAIN, row, HAS_GAIN, ACC), scale, eps, ACC, BLOCK)
     tl.store(MEAN + row, mean)
     tl.store(RSTD + row, rstd)
 
@@ -51,31 +90,11 @@ def _ws_bwd_kernel(G, W, GAIN, MEAN, RSTD, DW, DGAIN, n, scale,
                    HAS_GAIN: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     base = row.to(tl.int64) * n
-    cols = tl.arange(0, BLOCK)
     mean = tl.load(MEAN + row).to(ACC)
     rstd = tl.load(RSTD + row).to(ACC)
-    acc_g = tl.zeros([BLOCK], dtype=ACC)
-    acc_gx = tl.zeros([BLOCK], dtype=ACC)
-    for start in range(0, n, BLOCK):
-        mask = start + cols < n
-        g = tl.load(G + base + start + cols, mask=mask, other=0.0).to(ACC)
-        x = tl.load(W + base + start + cols, mask=mask, other=0.0).to(ACC)
-        acc_g += g
-        acc_gx += g * ((x - mean) * rstd)
-    sum_g = tl.sum(acc_g, axis=0)
-    sum_gx = tl.sum(acc_gx, axis=0)
-    k = scale * rstd
-    if HAS_GAIN:
-        k = k * tl.load(GAIN + row).to(ACC)
-    mg = sum_g / n
-    mgx = sum_gx / n
-    for start in range(0, n, BLOCK):
-        mask = start + cols < n
-        g = tl.load(G + base + start + cols, mask=mask, other=0.0).to(ACC)
-        x = tl.load(W + base + start + cols, mask=mask, other=0.0).to(ACC)
-        xh = (x - mean) * rstd
-        tl.store(DW + base + start + cols, (k * (g - mg - xh * mgx)).to(DW.dtype.element_ty), mask=mask)
-    tl.store(DGAIN + row, scale * sum_gx)
+    dgain = ws_row_backward(G + base, W + base, DW + base, n, mean, rstd, _gain(GAIN, row, HAS_GAIN, ACC), scale,
+                            ACC, BLOCK)
+    tl.store(DGAIN + row, dgain)
 
 
 def _acc(dtype: torch.dtype):

@@ -7,10 +7,13 @@ per-row table names each row's weight. The tables are built on the host once per
 addresses and copied to the device without a sync (pinned memory); parameter addresses are
 stable, so a steady-state step only looks them up. Each row is read in its weight's memory
 order (row-dense weights: see fastnofrost/ops/ws_grouped.py). An empty gain tensor: no gain.
+The row math is the per-layer kernels' (ws.py: ws_row_forward / ws_row_backward).
 """
 import torch
 import triton
 import triton.language as tl
+
+from .ws import ws_row_backward, ws_row_forward
 
 _MAX_BLOCK = 4096
 _FIELDS = 5  # weight address, gain address, row length, first row, offset in the flat buffer
@@ -34,24 +37,7 @@ def _row(META, FMETA, ROW_LAYER, row, DT: tl.constexpr, ACC: tl.constexpr):
 def _fwd_kernel(META, FMETA, ROW_LAYER, OUT, MEAN, RSTD, DT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     w, n, offset, gain, scale, eps = _row(META, FMETA, ROW_LAYER, row, DT, ACC)
-    cols = tl.arange(0, BLOCK)
-    acc = tl.zeros([BLOCK], dtype=ACC)
-    for start in range(0, n, BLOCK):
-        acc += tl.load(w + start + cols, mask=start + cols < n, other=0.0).to(ACC)
-    mean = tl.sum(acc, axis=0) / n
-    acc = tl.zeros([BLOCK], dtype=ACC)
-    for start in range(0, n, BLOCK):
-        mask = start + cols < n
-        x = tl.load(w + start + cols, mask=mask, other=0.0).to(ACC)
-        d = tl.where(mask, x - mean, 0.0)
-        acc += d * d
-    rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / n + eps)
-    a = gain * scale * rstd
-    b = -mean * a
-    for start in range(0, n, BLOCK):
-        mask = start + cols < n
-        x = tl.load(w + start + cols, mask=mask, other=0.0).to(ACC)
-        tl.store(OUT + offset + start + cols, (x * a + b).to(DT), mask=mask)
+    mean, rstd = ws_row_forward(w, OUT + offset, n, gain, scale, eps, ACC, BLOCK)
     tl.store(MEAN + row, mean)
     tl.store(RSTD + row, rstd)
 
@@ -61,28 +47,9 @@ def _bwd_kernel(META, FMETA, ROW_LAYER, G, MEAN, RSTD, DW, DGAIN, DT: tl.constex
                 BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     w, n, offset, gain, scale, _eps = _row(META, FMETA, ROW_LAYER, row, DT, ACC)
-    cols = tl.arange(0, BLOCK)
     mean = tl.load(MEAN + row).to(ACC)
     rstd = tl.load(RSTD + row).to(ACC)
-    acc_g = tl.zeros([BLOCK], dtype=ACC)
-    acc_gx = tl.zeros([BLOCK], dtype=ACC)
-    for start in range(0, n, BLOCK):
-        mask = start + cols < n
-        g = tl.load(G + offset + start + cols, mask=mask, other=0.0).to(ACC)
-        x = tl.load(w + start + cols, mask=mask, other=0.0).to(ACC)
-        acc_g += g
-        acc_gx += g * ((x - mean) * rstd)
-    sum_gx = tl.sum(acc_gx, axis=0)
-    mg = tl.sum(acc_g, axis=0) / n
-    mgx = sum_gx / n
-    k = gain * scale * rstd
-    for start in range(0, n, BLOCK):
-        mask = start + cols < n
-        g = tl.load(G + offset + start + cols, mask=mask, other=0.0).to(ACC)
-        x = tl.load(w + start + cols, mask=mask, other=0.0).to(ACC)
-        xh = (x - mean) * rstd
-        tl.store(DW + offset + start + cols, (k * (g - mg - xh * mgx)).to(DT), mask=mask)
-    tl.store(DGAIN + row, scale * sum_gx)
+    tl.store(DGAIN + row, ws_row_backward(G + offset, w, DW + offset, n, mean, rstd, gain, scale, ACC, BLOCK))
 
 
 _TL = {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
