@@ -1,6 +1,7 @@
 """The training engine: every method trains, NoFrost's one pass equals two, BN never mixes views,
 config validation, the CLI end to end (1 rank, 2 DeepSpeed ranks on CPU), exact resume after
 SIGKILL, non-finite losses."""
+import contextlib
 import json
 import os
 import signal
@@ -151,19 +152,23 @@ def test_coupled_losses_refuse_sequential_views(name, digits_batch):
 
 
 @needs_inductor_cpu
-def test_compile_full_equals_eager_in_float64(digits_batch):
+@pytest.mark.parametrize("ws", ["per-layer", "grouped"])
+def test_compile_full_equals_eager_in_float64(ws, digits_batch):
     """What --compile full does to the model (engine.compile: module.compile(), and the attack
     step compiled) gives eager's losses and gradients over 3 SGD steps of NoFrost, in float64
     (inductor reorders float sums; float64 keeps the attack's sign steps stable). Dynamo traces
     two graphs, the attack's forward and the training forward with its backward, without a graph
-    break, and nothing recompiles after the first step."""
+    break, and nothing recompiles after the first step. The same with the grouped WS (each step
+    inside the model's WeightGroup step, as train.py runs it) against eager per-layer WS."""
     from torch._dynamo.utils import counters
+    from fastnofrost.nn import group_weights
 
     x, y = (t[:16] for t in digits_batch)
     x = x.double()
     eager = tiny("nf_resnet26_small").double().train()
     compiled = tiny("nf_resnet26_small").double().train()
     compiled.load_state_dict(eager.state_dict())
+    group = group_weights(compiled) if ws == "grouped" else None
     compiled.compile()
     runs = {}
     torch._dynamo.reset()
@@ -175,9 +180,10 @@ def test_compile_full_equals_eager_in_float64(digits_batch):
         runs[name], graphs = [], []
         for step in range(3):
             torch.manual_seed(step)
-            out = method(model, model, x, y)
             opt.zero_grad()
-            out.loss.backward()
+            with group.step() if group is not None and model is compiled else contextlib.nullcontext():
+                out = method(model, model, x, y)
+                out.loss.backward()
             runs[name].append((out.loss.detach(), [p.grad.clone() for p in model.parameters()]))
             opt.step()
             graphs.append(counters["stats"]["unique_graphs"])
