@@ -174,6 +174,7 @@ def test_compiled_attack_reads_one_persistent_buffer(digits_batch):
     x, y = x[:8], y[:8]
     per_layer, grouped, group = pair("ours")
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     addresses = []
     for _ in range(2):
         eager = pgd(per_layer, x, y, 8 / 255, 2, 0.03, random_start=False)

@@ -38,6 +38,36 @@ inline void stream_row(float* out, int64_t n, const F& f, const FV& fv) {
   for (; i < n; ++i) out[i] = f(i);
 }
 
+// Sums of f(i) and h(i) over a row, in kLanes independent partial sums (element i goes to lane
+// i % kLanes), added up pairwise at the end. The order is fixed by the code, not by the
+// vectorizer (which runs the lanes side by side without reassociating), so every build and
+// host gives the same bits, and each partial sum holds n / kLanes terms (accuracy).
+constexpr int64_t kLanes = 16;
+
+template <typename acc_t, typename F, typename H>
+inline void row_sums(int64_t n, const F& f, const H& h, acc_t* sum_f, acc_t* sum_h) {
+  acc_t a[kLanes] = {}, b[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) {
+      a[j] += f(i + j);
+      b[j] += h(i + j);
+    }
+  }
+  for (int64_t j = 0; i + j < n; ++j) {
+    a[j] += f(i + j);
+    b[j] += h(i + j);
+  }
+  for (int64_t width = kLanes / 2; width > 0; width /= 2) {
+    for (int64_t j = 0; j < width; ++j) {
+      a[j] += a[j + width];
+      b[j] += b[j + width];
+    }
+  }
+  *sum_f = a[0];
+  *sum_h = b[0];
+}
+
 template <typename acc_t, typename stat_t>
 inline void store_stats(acc_t mean, acc_t rstd, stat_t* mean_out, stat_t* rstd_out) {
   *mean_out = static_cast<stat_t>(mean);
@@ -53,13 +83,14 @@ inline void ws_forward_row(const scalar_t* w, int64_t n, acc_type<scalar_t> gain
   // One pass for both moments, shifted by the row's first element so that a mean far from
   // zero does not cancel the variance: var = E[d^2] - E[d]^2 with d = w - w[0].
   const acc_t shift = static_cast<acc_t>(w[0]);
-  acc_t sum = 0, sq = 0;
-#pragma omp simd reduction(+ : sum, sq)
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t d = static_cast<acc_t>(w[i]) - shift;
-    sum += d;
-    sq += d * d;
-  }
+  acc_t sum, sq;
+  row_sums<acc_t>(
+      n, [&](int64_t i) { return static_cast<acc_t>(w[i]) - shift; },
+      [&](int64_t i) {
+        const acc_t d = static_cast<acc_t>(w[i]) - shift;
+        return d * d;
+      },
+      &sum, &sq);
   const acc_t dmean = sum / static_cast<acc_t>(n);
   const acc_t mean = shift + dmean;
   const acc_t var = std::max(sq / static_cast<acc_t>(n) - dmean * dmean, acc_t(0));
@@ -88,13 +119,10 @@ inline void ws_backward_row(const scalar_t* g, const scalar_t* x, int64_t n, acc
   using acc_t = acc_type<scalar_t>;
   const acc_t m = static_cast<acc_t>(mean);
   const acc_t s = static_cast<acc_t>(rstd);
-  acc_t sum_g = 0, sum_gx = 0;
-#pragma omp simd reduction(+ : sum_g, sum_gx)
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t gi = static_cast<acc_t>(g[i]);
-    sum_g += gi;
-    sum_gx += gi * (static_cast<acc_t>(x[i]) - m) * s;
-  }
+  acc_t sum_g, sum_gx;
+  row_sums<acc_t>(
+      n, [&](int64_t i) { return static_cast<acc_t>(g[i]); },
+      [&](int64_t i) { return static_cast<acc_t>(g[i]) * (static_cast<acc_t>(x[i]) - m) * s; }, &sum_g, &sum_gx);
   *grad_gain = static_cast<ws_stat_t<scalar_t>>(static_cast<acc_t>(scale) * sum_gx);
   const acc_t inv_n = acc_t(1) / static_cast<acc_t>(n);
   const acc_t k = gain * static_cast<acc_t>(scale) * s;
