@@ -38,9 +38,10 @@ class WeightGroup:
         self.flat: Optional[torch.Tensor] = None      # this step's standardized weights, one buffer
         self._views: dict = {}                        # dtype -> per-layer views of flat (cast once)
         self._store: Optional[torch.Tensor] = None    # fill_store's persistent buffer (compiled attacks)
-        self._several = False
-        self._leaf = self._pending = None
+        self._leaf = self._pending = None             # passes="several": the detached leaf, its gradient so far
         self._last = False
+        self.scales = [layer.scale for layer in layers]  # fixed at construction of each layer
+        self.eps = [layer.eps for layer in layers]
 
     # ------------------------------------------------------------ the grouped op
     def params(self):
@@ -49,15 +50,14 @@ class WeightGroup:
     def check(self) -> None:
         """One clear error for a model whose layers cannot be grouped (mixed dtypes or devices)."""
         weights, gains = self.params()
-        check_group(weights, gains, [layer.scale for layer in self.layers], [layer.eps for layer in self.layers])
+        check_group(weights, gains, self.scales, self.eps)
 
     def standardize(self) -> torch.Tensor:
         """Every standardized weight in one flat buffer (weight after weight, memory order),
         with its graph when grad mode is on; autocast never applies to the op itself."""
         weights, gains = self.params()
         with torch.autocast(weights[0].device.type, enabled=False):
-            return grouped_flat(weights, gains, [layer.scale for layer in self.layers],
-                                [layer.eps for layer in self.layers])
+            return grouped_flat(weights, gains, self.scales, self.eps)
 
     def _split(self, flat: torch.Tensor) -> List[torch.Tensor]:
         return split_shaped(flat, [layer.weight for layer in self.layers])
@@ -73,8 +73,7 @@ class WeightGroup:
         if self.flat is not None:
             raise RuntimeError("WeightGroup.step() is already open: steps do not nest")
         flat = self.standardize()
-        self._several = passes == "several" and flat.requires_grad
-        if self._several:
+        if passes == "several" and flat.requires_grad:
             self._leaf = flat.detach().requires_grad_()
             self._leaf.register_hook(lambda grad, flat=flat: self._leaf_grad(flat, grad))
             self._pending, self._last = None, False
@@ -85,8 +84,9 @@ class WeightGroup:
             self.flat, self._views, self._leaf, self._pending = None, {}, None, None
 
     def last_pass(self, last: bool) -> None:
-        """Before each backward pass of a ``passes="several"`` step: is it the last one?"""
-        self._last = bool(last)
+        """Before each backward pass of a ``passes="several"`` step: is it the last one? (a
+        Python bool: the caller knows which view it backpropagates)"""
+        self._last = last
 
     def _leaf_grad(self, flat, grad):
         total = grad if self._pending is None else self._pending + grad
@@ -103,34 +103,35 @@ class WeightGroup:
         cast = autocast_dtype(self.layers[index].weight.device.type)
         views = self._views.get(cast)
         if views is None:
-            source = self._leaf if self._several else self.flat
+            source = self.flat if self._leaf is None else self._leaf
             views = self._views[cast] = self._split(source if cast is None else source.to(cast))
         return views[index]
 
     # ------------------------------------------------------------ frozen contexts (attacks)
+    def _frozen_flat(self, cast) -> torch.Tensor:
+        """This step's weights detached (or one grouped forward outside a step), cast once."""
+        with torch.no_grad():
+            flat = self.flat.detach() if self.flat is not None else self.standardize()
+            return flat if cast is None else flat.to(cast)
+
+    def _remember(self, flat: torch.Tensor, cast) -> None:
+        for layer, w in zip(self.layers, self._split(flat)):
+            remember(layer, w, cast)
+
     def fill_frozen(self, cast) -> None:
         """Every layer's frozen cache from one grouped forward (or this step's, detached), cast
         once to the attack dtype ``cast`` (None: the weights' own)."""
-        with torch.no_grad():
-            flat = self.flat.detach() if self.flat is not None else self.standardize()
-            if cast is not None:
-                flat = flat.to(cast)
-        for layer, w in zip(self.layers, self._split(flat)):
-            remember(layer, w, cast)
+        self._remember(self._frozen_flat(cast), cast)
 
     def fill_store(self, cast) -> None:
         """:meth:`fill_frozen` into one persistent buffer, so a compiled attack (CUDA graphs)
         finds the weights at the same addresses every step (see :func:`fill_cache`)."""
-        with torch.no_grad():
-            flat = self.flat.detach() if self.flat is not None else self.standardize()
-            flat = flat.to(cast) if cast is not None else flat
-            store = self._store
-            if store is None or (store.shape, store.dtype, store.device) != (flat.shape, flat.dtype, flat.device):
-                store = self._store = flat.clone()
-            else:
-                store.copy_(flat)
-        for layer, w in zip(self.layers, self._split(store)):
-            remember(layer, w, cast)
+        flat, store = self._frozen_flat(cast), self._store
+        if store is None or (store.shape, store.dtype, store.device) != (flat.shape, flat.dtype, flat.device):
+            store = self._store = flat.clone()
+        else:
+            store.copy_(flat)
+        self._remember(store, cast)
 
 
 def weight_group(model: torch.nn.Module) -> Optional[WeightGroup]:
