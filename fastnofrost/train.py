@@ -37,6 +37,7 @@ from fastnofrost.training.checkpoint import Checkpoints, save_weights
 from fastnofrost.training.finite import LossWatch, TrainingError, check_weights
 from fastnofrost.training.host import keep_large_buffers
 from fastnofrost.training.logger import RunLog, plot, summary_table
+from fastnofrost.training.preemption import EXIT_CODE, Preempted, Preemption
 from fastnofrost.training.schedule import cosine_with_warmup
 from fastnofrost.training.validate import validate
 
@@ -127,6 +128,7 @@ class Trainer:
             raise ConfigError(f"{cfg.run_dir} already holds a run: pass --resume to continue it, or a new --out")
         distributed.barrier()  # every rank checked before rank 0 creates the folder
         self.log = RunLog(cfg.run_dir, self.rank == 0, cfg.tensorboard, cfg.progress)
+        self.preemption = Preemption()  # before the loaders fork their workers
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 
         micro = cfg.batch_size // (self.world * cfg.grad_accum)
@@ -187,9 +189,29 @@ class Trainer:
                       f"on {self.device.type}, {self.precision}, {self.steps_per_epoch} steps/epoch, "
                       f"batch {cfg.batch_size}, lr {cfg.peak_lr:g}, eps {cfg.eps:g}/255 x {cfg.steps} steps, "
                       f"compile {self.compile_level}, {cfg.views} views, {cfg.ws} WS")
-        while self.state["epoch"] < cfg.epochs and self.engine.global_steps < self.total_steps:
-            self._epoch(self.state["epoch"])
+        try:
+            while self._more_to_do():
+                self._epoch(self.state["epoch"])
+                if self._more_to_do():
+                    self._stop_if_preempted(save=False)  # the epoch's own checkpoint was just written
+        except Preempted:
+            self.log.close()
+            raise
+        finally:
+            self.preemption.close()
         return self._finish()
+
+    def _more_to_do(self) -> bool:
+        return self.state["epoch"] < self.cfg.epochs and self.engine.global_steps < self.total_steps
+
+    def _stop_if_preempted(self, save: bool) -> None:
+        """After a SIGTERM / SIGUSR1 on any rank: every rank writes the checkpoint (unless one
+        was just written) and stops (training/preemption.py). A collective: all ranks call it."""
+        name = self.preemption.requested()
+        if name is not None:
+            if save:
+                self._save()
+            raise Preempted(name, self.engine.global_steps)
 
     def _epoch(self, epoch: int) -> None:
         cfg, engine = self.cfg, self.engine
@@ -228,6 +250,8 @@ class Trainer:
             self.log.advance(postfix)
             if step >= self.total_steps:
                 break
+            if self.state["batch"] < n_micro:  # an epoch's last step: its validation and save come first
+                self._stop_if_preempted(save=True)
             if cfg.save_every and step % cfg.save_every == 0 and self.state["batch"] < n_micro:
                 self._save()
         self.log.end_epoch()
@@ -372,6 +396,9 @@ def main(argv=None) -> int:
     except (ConfigError, TrainingError, FileNotFoundError) as exc:
         print(f"fastnofrost/train.py: {exc}", file=sys.stderr)
         return 1
+    except Preempted as stop:
+        print(f"fastnofrost/train.py: {stop}", file=sys.stderr)
+        return EXIT_CODE
     finally:
         distributed.shutdown()
     return 0

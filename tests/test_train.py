@@ -318,27 +318,65 @@ def test_bad_flag_exits_before_any_work(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_resume_after_sigkill_is_bit_exact(tmp_path):
-    common = ["--method", "nofrost", "--max-steps", "12", "--log-every", "1", "--save-every", "3",
+RESUME_RUN = ["--method", "nofrost", "--max-steps", "12", "--log-every", "1", "--save-every", "3",
               "--drop", "0.25", "--drop-path", "0.1", "--val-every", "0"]
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    run(train_cmd(full, *common))
-    proc = subprocess.Popen(train_cmd(killed, *common), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env())
-    deadline = time.time() + 300
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The losses of RESUME_RUN without interruption (12 steps, one rank)."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    run(train_cmd(out, *RESUME_RUN))
+    assert sorted(losses(out)) == list(range(1, 13))
+    return losses(out)
+
+
+def wait_for_step(proc, out, step, timeout=300):
+    deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if (killed / "log.jsonl").exists() and max(losses(killed), default=0) >= 8:
-            break
+        if (out / "log.jsonl").exists() and max(losses(out), default=0) >= step:
+            return
         time.sleep(0.05)
+    raise AssertionError(f"the run ended (rc {proc.poll()}) or stalled before step {step}")
+
+
+def test_resume_after_sigkill_is_bit_exact(tmp_path, uninterrupted):
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(killed, *RESUME_RUN), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env())
+    wait_for_step(proc, killed, 8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = losses(killed)
     assert 8 <= max(before) < 12, "the run must die mid-way (after a checkpoint, before the end)"
     assert (killed / "checkpoints" / "latest").read_text() in ("step6", "step9")
-    run(train_cmd(killed, *common, "--resume", "true"))
-    assert losses(killed) == losses(full)  # every step's loss, bit for bit (floats from JSON)
-    assert len(losses(full)) == 12
+    run(train_cmd(killed, *RESUME_RUN, "--resume", "true"))
+    assert losses(killed) == uninterrupted  # every step's loss, bit for bit (floats from JSON)
     assert not [t for t in os.listdir(killed / "checkpoints") if t.startswith("tmp-")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_preemption_signal_checkpoints_the_step_and_resume_is_bit_exact(tmp_path, uninterrupted, sig):
+    """A cluster's stop signal mid-epoch: the run finishes its step, writes that step's
+    checkpoint (not a --save-every one), exits with the documented code, and --resume goes on
+    with every loss bit for bit the uninterrupted run's."""
+    from fastnofrost.training.preemption import EXIT_CODE
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd(out, *RESUME_RUN), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env())
+    wait_for_step(proc, out, 4)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_CODE, stderr[-3000:]
+    stopped = max(losses(out))
+    assert 4 <= stopped < 12, "the run must stop mid-way"
+    assert f"stopped by {sig.name} after step {stopped}" in stderr and "--resume true" in stderr
+    assert (out / "checkpoints" / "latest").read_text() == f"step{stopped}"
+    assert not (out / "final.safetensors").exists() and not (out / "summary.json").exists()
+    run(train_cmd(out, *RESUME_RUN, "--resume", "true"))
+    assert losses(out) == uninterrupted
+    assert json.loads((out / "summary.json").read_text())["steps"] == 12
 
 
 def train_records(out):
@@ -441,6 +479,89 @@ def test_two_deepspeed_ranks_equal_one_rank_on_the_full_batch(tmp_path):
     assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
     assert [l2[s] for s in l2] == pytest.approx([l1[s] for s in l2], rel=1e-5)  # same losses on the full batch
     assert l1[4] != l1[1]  # the weights moved
+
+
+def test_preemption_of_one_rank_stops_both_in_step_and_resume_is_exact(tmp_path):
+    """2 DeepSpeed ranks on CPU; SIGTERM reaches rank 1 only: both ranks stop after the same
+    step and write one checkpoint, the launcher exits with the documented code, and the resumed
+    run's losses (all-reduced over the ranks) equal an uninterrupted 2-rank run's, bit for bit,
+    with the ranks' parameters identical at the end."""
+    import psutil
+
+    from fastnofrost.training.preemption import EXIT_CODE
+
+    deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    common = [*RESUME_RUN[:RESUME_RUN.index("--max-steps")], "--max-steps", "8",
+              *RESUME_RUN[RESUME_RUN.index("--max-steps") + 2:]]
+    two = lambda out, *extra: [deepspeed, "--num_gpus", "2", *train_cmd(out, *common, *extra)[1:]]  # noqa: E731
+    run(two(tmp_path / "full"))
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(two(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+    wait_for_step(proc, out, 3)
+    ranks = {c.environ().get("LOCAL_RANK"): c for c in psutil.Process(proc.pid).children(recursive=True)
+             if TRAIN in " ".join(c.cmdline())}
+    ranks["1"].send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_CODE, output[-3000:]
+    stopped = max(losses(out))
+    assert 3 <= stopped < 8 and output.count(f"stopped by SIGTERM after step {stopped}") == 2, output[-3000:]
+    assert (out / "checkpoints" / "latest").read_text() == f"step{stopped}"
+    assert {"rng_rank0.pt", "rng_rank1.pt"} <= set(os.listdir(out / "checkpoints" / f"step{stopped}"))
+    run(two(out, "--resume", "true"))
+    assert losses(out) == losses(tmp_path / "full") and len(losses(out)) == 8
+    assert json.loads((out / "summary.json").read_text())["ranks_in_sync"] is True
+
+
+SAVE_UNDER_SIGNALS = """
+import os, signal, sys, torch, deepspeed
+from fastnofrost.training import distributed
+from fastnofrost.training.checkpoint import Checkpoints
+from fastnofrost.training.preemption import Preemption
+mode, root = sys.argv[1:]
+distributed.init("cpu")
+model = torch.nn.Linear(4, 2, bias=False)
+engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config={"train_batch_size": 1},
+                                  optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+checkpoints = Checkpoints(root)
+if mode == "load":
+    state = checkpoints.load(engine)
+    print("loaded", checkpoints.latest(), state["n"], float(model.weight.sum()))
+    sys.exit(0)
+preemption = Preemption()
+with torch.no_grad():
+    model.weight.fill_(1.0)
+checkpoints.save(engine, "step1", {"n": 1})
+write = engine.save_checkpoint
+
+def write_under_signals(*args, **kw):  # the stop signal, then a second one, in the middle of the write
+    write(*args, **kw)
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGUSR1 if mode == "signal" else signal.SIGKILL)
+
+engine.save_checkpoint = write_under_signals
+with torch.no_grad():
+    model.weight.fill_(2.0)
+checkpoints.save(engine, "step2", {"n": 2})
+print("requested", preemption.requested())
+"""
+
+
+@pytest.mark.parametrize("second", ["signal", "kill"])
+def test_a_second_signal_during_the_checkpoint_write_keeps_a_loadable_checkpoint(tmp_path, second):
+    """SIGTERM, then SIGUSR1 or SIGKILL, while a checkpoint is being written: a second stop
+    signal is recorded and the write completes; SIGKILL leaves the previous checkpoint as the
+    latest, and it loads."""
+    root = str(tmp_path / "checkpoints")
+    script = lambda mode: [sys.executable, "-c", SAVE_UNDER_SIGNALS, mode, root]  # noqa: E731
+    proc = subprocess.run(script(second), capture_output=True, text=True, env=env(), timeout=300)
+    if second == "signal":
+        assert proc.returncode == 0 and "requested SIGTERM" in proc.stdout, proc.stderr[-3000:]
+    else:
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        assert "tmp-step2" in os.listdir(root)  # the write was cut off half-way
+    tag, n, total = ("step2", 2, 16.0) if second == "signal" else ("step1", 1, 8.0)
+    loaded = run(script("load")).stdout
+    assert f"loaded {tag} {n} {total}" in loaded, loaded
 
 
 @pytest.mark.parametrize("save_every,log_every", [(1, 50), (0, 4)])
