@@ -25,6 +25,7 @@ import torch
 
 from . import __version__
 from .attacks import APGD, RayS, Square
+from .attacks.autoattack import STANDARD_TARGETS
 from .attacks.common import attack_compile_step
 from .data import DATASETS
 from .metrics import margin, thickness
@@ -237,12 +238,17 @@ def run(args, argv: Sequence[str] = ()) -> dict:
     loader, n = validation_loader(args.data, backend=args.data_backend, image_size=args.image_size,
                                   batch_size=args.batch_size, n_examples=args.n_examples, rank=rank, world=world,
                                   device=device, workers=args.workers)
-    model = create_model(args.model, num_classes=args.num_classes or loader.num_classes, width=args.width)
+    classes = args.num_classes or loader.num_classes
+    if "aa" in args.attacks.split(",") and classes < STANDARD_TARGETS + 1:  # before any attack runs
+        raise SystemExit(f"python -m fastnofrost.evaluate: --attacks aa (AutoAttack 'standard') targets "
+                         f"{STANDARD_TARGETS} other classes and needs at least {STANDARD_TARGETS + 1}; {args.data} has "
+                         f"{classes}: leave aa out")
+    model = create_model(args.model, num_classes=classes, width=args.width)
     load_checkpoint(model, args.checkpoint)
     model.to(device).eval()
     group_weights(model)  # NF models: each attack standardizes every weight in one op
     if splits:
-        check_outputs(splits, class_index, args.num_classes or loader.num_classes)
+        check_outputs(splits, class_index, classes)
     meta = {"model": args.model, "checkpoint": args.checkpoint, "data": args.data,
             "command": " ".join(["python -m fastnofrost.evaluate", *argv])}
     report = evaluate(model, loader, args.attacks.split(","), eps=args.eps / 255, steps=args.steps,

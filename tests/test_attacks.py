@@ -209,6 +209,16 @@ def test_autoattack_standard_in_attack_mode(digits):
     assert robust <= ours_apgd + 1 / 40  # AutoAttack starts with the same APGD-CE and adds three attacks
 
 
+def test_autoattack_refuses_a_model_of_fewer_than_ten_classes(digits):
+    """'standard' targets 9 other classes: with 4 classes the reference package would fail deep
+    inside APGD-T with an IndexError; ours names the cause first."""
+    pytest.importorskip("pyautoattack")
+    _, x, _ = digits
+    four = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), 4))
+    with pytest.raises(ValueError, match="at least 10 classes; this one has 4"):
+        autoattack(four, x[:8], torch.zeros(8, dtype=torch.long), EPS)
+
+
 def test_black_box_attacks_report_success_and_spend_at_most_their_budget(digits):
     model, x, y = digits
     x, y = x[:100], y[:100]

@@ -324,6 +324,21 @@ def test_command_line_end_to_end(tmp_path, capsys):
     assert report["metrics"]["smoothness"]["n"] == 12
 
 
+def test_autoattack_on_a_data_set_of_fewer_than_ten_classes_stops_before_any_attack(tmp_path, capsys):
+    from safetensors.torch import save_file
+    from fastnofrost.data.samples import make_image_folder
+    from fastnofrost.models import create_model
+
+    ckpt = tmp_path / "final.safetensors"
+    save_file(create_model("nf_resnet26_small", num_classes=4, width=0.25).state_dict(), str(ckpt))
+    data = make_image_folder(str(tmp_path / "four"))  # 4 classes
+    with pytest.raises(SystemExit, match="aa .* needs at least 10; .* has 4: leave aa out"):
+        main(["--model", "nf_resnet26_small", "--width", "0.25", "--checkpoint", str(ckpt), "--data", data,
+              "--image-size", "16", "--attacks", "clean,pgd,aa", "--workers", "0", "--no-progress",
+              "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("--eps", "0", "--eps must be in"), ("--attacks", "pgd,fgsm", "unknown attack"),
     ("--metrics", "curvature", "unknown metric"), ("--checkpoint", "/nonexistent.pt", "is not a file"),

@@ -13,6 +13,8 @@ import torch
 
 from .common import check_settings, attack_mode, check_count, check_eps, check_inputs, check_labels
 
+STANDARD_TARGETS = 9  # target classes of APGD-T and FAB-T in AutoAttack 'standard'
+
 
 def autoattack(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, *, seed: int = 0,
                batch_size: int = 500) -> torch.Tensor:
@@ -27,7 +29,12 @@ def autoattack(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, *,
         raise ImportError("autoattack needs the pyautoattack package (pip install pyautoattack)") from exc
     with attack_mode(model):
         with torch.no_grad():
-            check_labels(y, model(x[:1]).shape[1])
+            classes = model(x[:1]).shape[1]
+        if classes < STANDARD_TARGETS + 1:
+            raise ValueError(f"autoattack: the 'standard' version targets {STANDARD_TARGETS} other classes (APGD-T, "
+                             f"FAB-T), so it needs a model of at least {STANDARD_TARGETS + 1} classes; this one has "
+                             f"{classes}")
+        check_labels(y, classes)
         runner = ReferenceAutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device=x.device)
         x_adv, _ = runner.run_standard_evaluation(x.detach(), y, batch_size=batch_size)
     return x_adv

@@ -1,0 +1,104 @@
+"""benchmarks/gpu_acceptance.py on CPU: its verdict logic, its data generator, and the whole
+script in --dry mode (the GPU run's steps at tiny sizes), so a broken script is found here and
+not on the GPU machine."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import BENCHMARKS
+from fastnofrost.data import build_loader
+from fastnofrost.data.samples import make_class_folder
+
+sys.path.insert(0, BENCHMARKS)
+import gpu_acceptance  # noqa: E402  (benchmarks/ is not a package)
+from gpu_acceptance import Check, run_checks, verdict_table  # noqa: E402
+
+
+def test_verdicts_ran_failed_skipped_and_the_budget():
+    py = sys.executable
+    checks = [
+        Check("ok", [py, "-c", "print('fine')"], after=lambda: "detail of ok"),
+        Check("broken", [py, "-c", "import sys; print('some output'); sys.exit('the reason it broke')"]),
+        Check("after-broken", [py, "-c", "pass"], needs=("broken",)),
+        Check("bad-result", [py, "-c", "pass"], after=lambda: 1 / 0, needs=("ok",)),
+    ]
+    logged = []
+    run_checks(checks, budget=200, log=logged.append)
+    by = {c.name: c for c in checks}
+    assert (by["ok"].status, by["ok"].detail) == ("ran", "detail of ok")
+    assert by["broken"].status == "failed" and by["broken"].detail == "exit 1: the reason it broke"
+    assert any("some output" in line for line in logged)  # the failing command's output, for the log
+    assert (by["after-broken"].status, by["after-broken"].detail) == ("skipped", "needs broken (failed)")
+    assert by["bad-result"].status == "failed" and "division by zero" in by["bad-result"].detail
+    table = verdict_table(checks, ["a note"])
+    lines = table.splitlines()
+    assert lines[-1] == "note: a note" and lines[1] == "== verdict"
+    assert [line.split()[:2] for line in lines[3:7]] == [[c.name, c.status] for c in checks]
+
+
+def test_a_check_gets_the_time_left_less_a_reserve_for_each_later_one():
+    py = sys.executable
+    checks = [Check("quick", [py, "-c", "pass"]), Check("slow", [py, "-c", "import time; time.sleep(60)"]),
+              Check("last", [py, "-c", "pass"])]
+    run_checks(checks, budget=47, log=lambda _: None)  # quick: up to 47 - 2 x 15 = 17 s; slow: about 47 - 15
+    assert checks[0].status == "ran"
+    assert checks[1].status == "failed" and checks[1].detail.startswith("timed out after")
+    assert 27 <= checks[1].seconds <= 37
+    assert checks[2].status in ("ran", "skipped")  # about 15 s left: at the reserve's edge
+    skipped = [Check("a", [py, "-c", "pass"]), Check("b", [py, "-c", "pass"])]
+    run_checks(skipped, budget=20, log=lambda _: None)  # a: 20 - 15 = 5 s, under the reserve: skipped; b runs
+    assert skipped[0].status == "skipped" and skipped[0].detail.startswith("budget")
+    assert skipped[1].status == "ran"
+
+
+def test_class_folder_is_a_learnable_imagenet_layout(tmp_path):
+    n = make_class_folder(str(tmp_path / "d"), classes=3, per_class=(("train", 4), ("val", 2)), size_range=(20, 40),
+                          workers=2)
+    assert n == 18
+    assert sorted(os.listdir(tmp_path / "d")) == ["train", "val"]
+    assert sorted(os.listdir(tmp_path / "d" / "train")) == ["class_000", "class_001", "class_002"]
+    sizes, means = set(), {}
+    for k in range(3):
+        files = sorted((tmp_path / "d" / "train" / f"class_{k:03d}").iterdir())
+        assert len(files) == 4 and all(f.suffix == ".JPEG" for f in files)
+        images = [Image.open(f) for f in files]
+        assert all(im.format == "JPEG" and im.mode == "RGB" and 20 <= min(im.size) <= max(im.size) <= 40
+                   for im in images)
+        sizes |= {im.size for im in images}
+        means[k] = np.mean([np.asarray(im, dtype=float).mean((0, 1)) for im in images], 0)
+    assert len(sizes) > 3  # random sizes
+    assert min(np.abs(means[a] - means[b]).max() for a in range(3) for b in range(a)) > 5  # classes differ in colour
+    loader = build_loader(str(tmp_path / "d"), batch_size=2, train=True, image_size=16, workers=0)
+    assert loader.num_classes == 3 and len(loader) == 6
+    with pytest.raises(ValueError, match=">= 2 classes"):
+        make_class_folder(str(tmp_path / "e"), classes=1)
+
+
+def test_dry_mode_runs_every_check_on_cpu(tmp_path):
+    """The real script, --dry: data, NoFrost (bf16) + resume, evaluate (clean, pgd, apgd-ce, aa),
+    ST and MBNAT (fp16) + resume, each through the real command lines; the verdict table last
+    and acceptance.json."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "gpu_acceptance.py"), "--dry", "--budget", "1200",
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=1500,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(out)})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    result = json.loads((out / "acceptance.json").read_text())
+    names = ["deepspeed", "data", "nofrost", "nofrost-resume", "evaluate", "st", "st-resume", "mbnat", "mbnat-resume"]
+    assert [c["name"] for c in result["checks"]] == names
+    assert all(c["status"] == "ran" for c in result["checks"]), result["checks"]
+    by = {c["name"]: c for c in result["checks"]}
+    assert "bf16" in by["nofrost"]["detail"] and "val clean" in by["nofrost"]["detail"]
+    assert by["nofrost-resume"]["detail"].startswith("resumed at step 4: 6 steps")
+    assert all(by[m]["img_s"] > 0 and "fp16" in by[m]["detail"] for m in ("st", "mbnat"))
+    assert all(f"{k} " in by["evaluate"]["detail"] for k in ("clean", "pgd", "apgd-ce", "aa"))
+    tail = proc.stdout.strip().splitlines()
+    verdict = tail.index("== verdict")
+    assert [line.split()[0] for line in tail[verdict + 2:verdict + 2 + len(names)]] == names
+    assert any("dry mode" in n for n in result["notes"]) and any("dali-gpu" in n for n in result["notes"])
+    assert gpu_acceptance.DRY.device == "cpu" and gpu_acceptance.GPU.device == "cuda"
