@@ -28,6 +28,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -90,6 +91,21 @@ def train_img_s(run_dir: str, after_step: int = 0) -> Optional[float]:
     return statistics.median(rates[1:] if len(rates) > 1 else rates) if rates else None
 
 
+def _run(cmd: List[str], timeout: float):
+    """(exit code, stdout + stderr) of ``cmd``; on timeout its whole process group is killed
+    (the deepspeed launcher's ranks with it, so none keeps holding the GPU) and TimeoutExpired
+    is raised."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return proc.returncode, output
+
+
 def run_checks(checks: List[Check], budget: float, log=print) -> List[Check]:
     """Run the checks in order under ``budget`` seconds: each may take the time left, less
     ``RESERVE_S`` for each later check; sets status, seconds and detail."""
@@ -108,11 +124,11 @@ def run_checks(checks: List[Check], budget: float, log=print) -> List[Check]:
             t0 = time.time()
             try:
                 if check.cmd:
-                    proc = subprocess.run(check.cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-                    if proc.returncode != 0:
-                        lines = (proc.stdout + proc.stderr).strip().splitlines() or [""]
+                    returncode, output = _run(check.cmd, timeout)
+                    if returncode != 0:
+                        lines = output.strip().splitlines() or [""]
                         log("\n".join(lines[-40:]))  # the suite's log keeps the traceback
-                        raise RuntimeError(f"exit {proc.returncode}: {lines[-1][-300:]}")
+                        raise RuntimeError(f"exit {returncode}: {lines[-1][-300:]}")
                 check.detail = check.after() if check.after else ""
                 check.status = "ran"
             except subprocess.TimeoutExpired:

@@ -2,6 +2,7 @@
 script in --dry mode (the GPU run's steps at tiny sizes), so a broken script is found here and
 not on the GPU machine."""
 import json
+import time
 import os
 import subprocess
 import sys
@@ -102,3 +103,26 @@ def test_dry_mode_runs_every_check_on_cpu(tmp_path):
     assert [line.split()[0] for line in tail[verdict + 2:verdict + 2 + len(names)]] == names
     assert any("dry mode" in n for n in result["notes"]) and any("dali-gpu" in n for n in result["notes"])
     assert gpu_acceptance.DRY.device == "cpu" and gpu_acceptance.GPU.device == "cuda"
+
+
+def test_a_timed_out_check_leaves_no_process_behind(tmp_path):
+    """A launcher that times out is killed with its children (the ranks would hold the GPU)."""
+    import psutil
+
+    pid_file = tmp_path / "child.pid"
+    child = f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); " \
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)"
+    checks = [Check("launcher", [sys.executable, "-c", child])]
+    run_checks(checks, budget=20, log=lambda _: None)
+    assert checks[0].status == "failed" and checks[0].detail.startswith("timed out")
+    pid = int(pid_file.read_text())
+    def alive():
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.time() + 10
+    while alive():
+        assert time.time() < deadline, "the launcher's child survived"
+        time.sleep(0.1)
