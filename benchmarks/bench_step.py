@@ -71,7 +71,7 @@ from fastnofrost.config import TrainConfig
 from fastnofrost.methods import AttackSettings, build_method
 from fastnofrost.models import create_model
 from fastnofrost.nn import ScaledStdConv2d, StdConv2d, group_weights, weight_group
-from fastnofrost.train import build_optimizer, param_groups, resolve
+from fastnofrost.training.engine import build_optimizer, param_groups, resolve
 
 RECIPE = TrainConfig()  # the official recipe's defaults
 EPS, LAMBDA, SMOOTHING, DROP, DROP_PATH = RECIPE.eps_pixels, RECIPE.lam, RECIPE.smoothing, RECIPE.drop, RECIPE.drop_path

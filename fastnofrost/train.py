@@ -27,13 +27,14 @@ if __name__ == "__main__" and __package__ in (None, ""):
 import torch
 
 from fastnofrost.attacks.common import attack_compile_step
-from fastnofrost.config import DATASETS, ConfigError, TrainConfig, load_config
+from fastnofrost.config import ConfigError, TrainConfig, load_config
 from fastnofrost.data import build_loader
 from fastnofrost.methods import AttackSettings, build_method
 from fastnofrost.models import create_model
 from fastnofrost.nn import group_weights
 from fastnofrost.training import distributed
 from fastnofrost.training.checkpoint import Checkpoints, save_weights
+from fastnofrost.training.engine import build_optimizer, deepspeed_config, param_groups, resolve
 from fastnofrost.training.finite import LossWatch, TrainingError, check_weights
 from fastnofrost.training.host import keep_large_buffers
 from fastnofrost.training.logger import RunLog, plot, summary_table
@@ -42,73 +43,6 @@ from fastnofrost.training.schedule import cosine_with_warmup
 from fastnofrost.training.validate import validate
 
 log = logging.getLogger("fastnofrost.train")
-# --compile auto on CPU. Measured with `make train` (README, "Compile"): compiling costs more
-# than it saves in a CPU-sized run.
-CPU_AUTO_COMPILE = "none"
-
-
-def resolve(cfg: TrainConfig, device: torch.device):
-    """(precision, data backend, channels_last, compile level) with 'auto' resolved for the device."""
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    backend = cfg.data_backend
-    if backend == "auto":
-        backend = "dali-gpu" if device.type == "cuda" and cfg.data not in DATASETS else "torch"
-    if backend == "dali-gpu" and device.type != "cuda":
-        raise ConfigError("--data-backend dali-gpu needs a CUDA device; use dali-cpu or torch on CPU")
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-    level = cfg.compile if cfg.compile != "auto" else ("full" if device.type == "cuda" else CPU_AUTO_COMPILE)
-    return precision, backend, channels_last, level
-
-
-def deepspeed_config(cfg: TrainConfig, world: int, precision: str) -> dict:
-    """The DeepSpeed config the flags describe, or ``--deepspeed-config`` checked against them."""
-    micro = cfg.batch_size // (world * cfg.grad_accum)
-    if cfg.deepspeed_config:
-        with open(cfg.deepspeed_config) as fh:
-            ds = json.load(fh)
-        for section in ("bf16", "fp16"):
-            if ds.get(section, {}).get("enabled"):
-                raise ConfigError(f"--deepspeed-config: the '{section}' section casts the model itself; fastnofrost "
-                                  "keeps fp32 weights and pixels and runs the model under autocast: use "
-                                  '"torch_autocast": {"enabled": true, "dtype": "bfloat16"} (or float16) instead')
-        ds.setdefault("train_batch_size", cfg.batch_size)
-        ds.setdefault("train_micro_batch_size_per_gpu", micro)
-        ds.setdefault("gradient_accumulation_steps", cfg.grad_accum)
-        if (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) != (
-                cfg.batch_size, micro, cfg.grad_accum):
-            raise ConfigError("--deepspeed-config: train_batch_size / train_micro_batch_size_per_gpu / "
-                              "gradient_accumulation_steps disagree with --batch-size and --grad-accum")
-        ds.setdefault("zero_allow_untested_optimizer", True)
-        return ds
-    ds = {"train_batch_size": cfg.batch_size, "train_micro_batch_size_per_gpu": micro,
-          "gradient_accumulation_steps": cfg.grad_accum, "zero_optimization": {"stage": cfg.zero_stage},
-          "zero_allow_untested_optimizer": True, "gradient_clipping": 0.0, "steps_per_print": 2**62,
-          "wall_clock_breakdown": False}
-    if precision != "fp32":
-        ds["torch_autocast"] = {"enabled": True, "dtype": {"bf16": "bfloat16", "fp16": "float16"}[precision]}
-    return ds
-
-
-def param_groups(cfg: TrainConfig, model: torch.nn.Module) -> list:
-    """No weight decay on biases and other 1-d parameters (timm's recipe)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": cfg.wd}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(cfg: TrainConfig, groups: list, device: torch.device, ds_config: dict):
-    """torch's SGD (nesterov) or AdamW, fused kernels on CUDA; None when the DeepSpeed config has
-    an ``optimizer`` section (DeepSpeed then builds its own: FusedAdam, Lamb, OneBitAdam, ...)."""
-    if "optimizer" in ds_config:
-        return None
-    fused = {"fused": True} if device.type == "cuda" else {}
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               **fused)
-    return torch.optim.AdamW(groups, lr=cfg.peak_lr, **fused)
-
-
 def _deepaugment(cfg, device):
     if cfg.deepaugment_edsr is None and cfg.deepaugment_cae is None:
         return None

@@ -618,7 +618,7 @@ def test_no_host_read_inside_training_steps(tmp_path, method, extra):
 
 
 def test_deepspeed_config_from_flags_and_checked_file(tmp_path):
-    from fastnofrost.train import deepspeed_config
+    from fastnofrost.training.engine import deepspeed_config
 
     cfg = TrainConfig(batch_size=256, grad_accum=2, zero_stage=1)
     ds = deepspeed_config(cfg, world=4, precision="bf16")
