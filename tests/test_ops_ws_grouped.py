@@ -128,9 +128,9 @@ def test_opcheck():
     gs = [torch.empty(0) if g is None else g.requires_grad_() for g in gain]
     torch.library.opcheck(torch.ops.fastnofrost.ws_grouped_forward.default, (ws_, gs, scales, eps))
     _, mean, rstd = torch.ops.fastnofrost.ws_grouped_forward([w.detach() for w in ws_], gs, scales, eps)
-    grad = torch.randn(sum(w.numel() for w in weights))
+    grads = [torch.randn(w.shape) for w in weights]
     torch.library.opcheck(torch.ops.fastnofrost.ws_grouped_backward.default,
-                          (grad, [w.detach() for w in ws_], [g.detach() for g in gs], mean, rstd, scales))
+                          (grads, [w.detach() for w in ws_], [g.detach() for g in gs], mean, rstd, scales))
 
 
 def test_reference_backend_is_the_per_layer_reference():
@@ -193,9 +193,8 @@ def test_triton_forward_backward(dtype, gains):
         # Triton passes the float64 table of scales / eps as it is; on CUDA float64 math keeps 1e-10
         assert_close(o.cpu().view(w.shape), ref, dtype if dtype != torch.float64 else torch.float32, f"w_hat {i}")
     grads_out = [torch.randn(w.shape, dtype=torch.float64).to(dtype) for w in weights]
-    g_flat = torch.cat([g.reshape(-1) for g in grads_out]).to(dev)
     with poisoned_outputs():
-        dw, dgain = tws.backward(g_flat, weights, gs, mean, rstd, scales)
+        dw, dgain = tws.backward([g.to(dev) for g in grads_out], weights, gs, mean, rstd, scales)
     rows = [w.shape[0] for w in weights]
     for i, (a, b, w, g, s, e, go) in enumerate(zip(dw.split(sizes), dgain.split(rows), weights, gain, scales, eps,
                                                  grads_out)):
@@ -205,6 +204,31 @@ def test_triton_forward_backward(dtype, gains):
         if g is not None:
             torch.testing.assert_close(b.cpu().double(), ref_g.reshape(-1), atol=tol * ref_g.abs().max().item(),
                                        rtol=tol)
+
+
+def test_backward_reads_gradients_of_another_dtype_or_layout():
+    """Autocast hands the backward bf16 gradients of float32 weights, and a conv may hand a
+    gradient in another memory order: the kernels read the first as they are (both the C++ and
+    the Triton kernel) and convert the second alone; either way the gradient is the one of the
+    same values given in the weights' dtype and layout."""
+    from fastnofrost.triton_kernels import ws_grouped as tws
+
+    weights, gain, scales, eps = group(TRITON_SHAPES, torch.float32, True)
+    gs = [w.new_empty(0) if g is None else g for w, g in zip(weights, gain)]
+    _, mean, rstd = torch.ops.fastnofrost.ws_grouped_forward(weights, gs, scales, eps)
+    low = [torch.randn(w.shape).to(torch.bfloat16) for w in weights]
+    expected = torch.ops.fastnofrost.ws_grouped_backward([g.float() for g in low], weights, gs, mean, rstd, scales)
+    mixed = [g.to(memory_format=torch.channels_last) if g.dim() == 4 and g.shape[1] > 1 and g.shape[2] > 1 else g
+             for g in low]
+    assert any(not g.is_contiguous() for g in mixed)
+    for got in (torch.ops.fastnofrost.ws_grouped_backward(mixed, weights, gs, mean, rstd, scales),
+                tws.backward(low, weights, gs, mean, rstd, scales)):
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="grads must have one entry per weight"):
+        torch.ops.fastnofrost.ws_grouped_backward(low[:-1], weights, gs, mean, rstd, scales)
+    with pytest.raises(RuntimeError, match="grad 1 must have its weight's shape"):
+        torch.ops.fastnofrost.ws_grouped_backward([low[0], low[0]] + low[2:], weights, gs, mean, rstd, scales)
 
 
 def test_triton_equals_cpu_kernel_in_float64():

@@ -6,14 +6,17 @@ step (159 for an NF-ResNet-50). The weights only change at the optimizer step, s
 opts in (:func:`group_weights`) standardizes all of them at once::
 
     group = group_weights(model)           # once; ScaledStdConv2d alone stays a drop-in
-    with group.step():                     # ONE grouped forward, with its graph
+    with group.step():                     # ONE grouped forward (no graph yet)
         x_adv = pgd(model, x, y, ...)      # frozen: reads them detached, cast once to its dtype
-        loss = ce(model(x_adv), y)         # training forward: reads them with their graph
+        loss = ce(model(x_adv), y)         # training forward: reads them attached to their graph
         loss.backward()                    # ONE grouped backward: every weight's and gain's grad
 
 Inside the step a training forward under autocast reads the weights cast once, for all layers
 (one cast, not one per layer). Outside a step, a frozen context (every attack and evaluation)
 fills all layers' caches from one grouped forward; a plain forward runs the per-layer op.
+
+The attached views are the outputs of one autograd node (:func:`fastnofrost.ops.ws_grouped.attach`),
+so the backward receives each layer's gradient where the conv left it; no concatenation.
 
 Several backward passes in one step (``--views sequential``: one per view) would each run the
 grouped backward, and the second would find its graph freed. ``step(passes="several")`` reads
@@ -22,11 +25,12 @@ marked last (:meth:`WeightGroup.last_pass`) runs the one grouped backward with t
 that pass, so DeepSpeed's gradient hooks see every gradient before its boundary.
 """
 import contextlib
+import functools
 from typing import List, Optional
 
 import torch
 
-from ..ops.ws_grouped import check_group, grouped_flat, split_shaped
+from ..ops.ws_grouped import attach, check_group, grouped_forward, split_shaped
 from .frozen import autocast_dtype, remember
 
 
@@ -35,7 +39,8 @@ class WeightGroup:
 
     def __init__(self, layers: list):
         self.layers = layers
-        self.flat: Optional[torch.Tensor] = None      # this step's standardized weights, one buffer
+        self.flat: Optional[torch.Tensor] = None      # this step's standardized weights, one buffer (no graph)
+        self._stats = None                            # this step's (mean, rstd), for attach's backward
         self._views: dict = {}                        # dtype -> per-layer views of flat (cast once)
         self._store: Optional[torch.Tensor] = None    # fill_store's persistent buffer (compiled attacks)
         self._leaf = self._pending = None             # passes="several": the detached leaf, its gradient so far
@@ -52,12 +57,17 @@ class WeightGroup:
         weights, gains = self.params()
         check_group(weights, gains, self.scales, self.eps)
 
-    def standardize(self) -> torch.Tensor:
-        """Every standardized weight in one flat buffer (weight after weight, memory order),
-        with its graph when grad mode is on; autocast never applies to the op itself."""
+    def standardize(self):
+        """``(flat, mean, rstd)``: every standardized weight in one flat buffer (weight after
+        weight, memory order), without a graph (:meth:`_attach` gives it one)."""
         weights, gains = self.params()
-        with torch.autocast(weights[0].device.type, enabled=False):
-            return grouped_flat(weights, gains, self.scales, self.eps)
+        return grouped_forward(weights, gains, self.scales, self.eps)
+
+    def _attach(self, flat: torch.Tensor, stats, cast) -> List[torch.Tensor]:
+        """The per-layer weights of ``flat``, cast once to ``cast``, with their gradient through
+        one grouped backward."""
+        weights, gains = self.params()
+        return attach(flat, *stats, weights, gains, self.scales, cast)
 
     def _split(self, flat: torch.Tensor) -> List[torch.Tensor]:
         return split_shaped(flat, [layer.weight for layer in self.layers])
@@ -72,27 +82,29 @@ class WeightGroup:
             raise ValueError(f"passes must be 'one' or 'several', got {passes!r}")
         if self.flat is not None:
             raise RuntimeError("WeightGroup.step() is already open: steps do not nest")
-        flat = self.standardize()
-        if passes == "several" and flat.requires_grad:
+        flat, *stats = self.standardize()
+        self.flat, self._stats = flat, stats
+        if passes == "several" and torch.is_grad_enabled() and any(w.requires_grad for w in self.params()[0]):
             self._leaf = flat.detach().requires_grad_()
-            self._leaf.register_hook(lambda grad, flat=flat: self._leaf_grad(flat, grad))
+            self._leaf.register_hook(functools.partial(self._leaf_grad, flat, stats))
             self._pending, self._last = None, False
-        self.flat = flat
         try:
             yield self
         finally:
-            self.flat, self._views, self._leaf, self._pending = None, {}, None, None
+            self.flat, self._stats, self._views, self._leaf, self._pending = None, None, {}, None, None
 
     def last_pass(self, last: bool) -> None:
         """Before each backward pass of a ``passes="several"`` step: is it the last one? (a
         Python bool: the caller knows which view it backpropagates)"""
         self._last = last
 
-    def _leaf_grad(self, flat, grad):
+    def _leaf_grad(self, flat, stats, grad):
         total = grad if self._pending is None else self._pending + grad
         if self._last:
             self._pending = None
-            torch.autograd.backward(flat, total)  # the one grouped backward, inside the last pass
+            with torch.enable_grad():  # a hook runs without grad mode; the node needs it
+                views = self._attach(flat, stats, None)
+            torch.autograd.backward(views, self._split(total))  # the one grouped backward, inside the last pass
         else:
             self._pending = total
         return torch.zeros((), dtype=grad.dtype, device=grad.device).expand_as(grad)  # leaf keeps no grad
@@ -103,15 +115,18 @@ class WeightGroup:
         cast = autocast_dtype(self.layers[index].weight.device.type)
         views = self._views.get(cast)
         if views is None:
-            source = self.flat if self._leaf is None else self._leaf
-            views = self._views[cast] = self._split(source if cast is None else source.to(cast))
+            if self._leaf is None:
+                views = self._attach(self.flat, self._stats, cast)
+            else:
+                views = self._split(self._leaf if cast is None else self._leaf.to(cast))
+            self._views[cast] = views
         return views[index]
 
     # ------------------------------------------------------------ frozen contexts (attacks)
     def _frozen_flat(self, cast) -> torch.Tensor:
         """This step's weights detached (or one grouped forward outside a step), cast once."""
         with torch.no_grad():
-            flat = self.flat.detach() if self.flat is not None else self.standardize()
+            flat = self.flat if self.flat is not None else self.standardize()[0]
             return flat if cast is None else flat.to(cast)
 
     def _remember(self, flat: torch.Tensor, cast) -> None:

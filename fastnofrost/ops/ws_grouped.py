@@ -4,11 +4,15 @@
 
 ``torch.ops.fastnofrost.ws_grouped_forward(weights, gains, scales, eps) -> (flat, mean, rstd)``
 (an empty tensor in ``gains`` for a weight without a gain: a schema list of optional tensors
-would not be differentiable) writes every standardized weight into one flat buffer, weight after weight, each in the memory
-order of its weight (a weight must be row-dense: each output channel one dense block, as in
+would not be differentiable) writes every standardized weight into one flat buffer, weight
+after weight, each in the memory order of its weight (a weight must be row-dense: each output channel one dense block, as in
 contiguous and channels_last weights); ``mean`` / ``rstd`` cover all rows of all weights.
-The backward (``ws_grouped_backward``) returns one flat weight gradient and one gain-gradient
-vector; autograd hands each weight and gain its piece. The math is the per-layer op's
+The backward (``ws_grouped_backward(grads, ...)``) reads one gradient per weight, each where
+autograd left it, and returns one flat weight gradient and one gain-gradient vector; autograd
+hands each weight and gain its piece. :func:`grouped_forward` + :func:`attach` (what the public
+function and :class:`fastnofrost.nn.WeightGroup` use) give the per-weight views their gradient
+through one autograd node, so autograd never concatenates the 53 gradients of a ResNet-50 into
+one buffer first, as the backward of a split would. The math is the per-layer op's
 (:mod:`fastnofrost.ops.ws`), which stays the reference the tests compare against.
 """
 from typing import List, Optional, Sequence
@@ -80,11 +84,31 @@ def _forward_cuda(weights, gains, scales, eps):
     return triton_module("ws_grouped").forward(weights, gains, scales, eps)
 
 
+def _same_order(g: torch.Tensor, w: torch.Tensor) -> bool:
+    return all(n == 1 or a == b for n, a, b in zip(w.shape, g.stride(), w.stride()))
+
+
+def _grads_like(grads, weights) -> List[torch.Tensor]:
+    """Each gradient in its weight's memory order, all in the first one's dtype (as the CPU
+    kernel takes them: a gradient in another layout or dtype is converted alone)."""
+    if len(grads) != len(weights):
+        raise ValueError(f"{_WHERE}: grads must have one entry per weight, got {len(grads)} for {len(weights)}")
+    dtype = grads[0].dtype
+    for i, (g, w) in enumerate(zip(grads, weights)):
+        if g.shape != w.shape or g.device != w.device:
+            raise ValueError(f"{_WHERE}: grad {i} must have its weight's shape {tuple(w.shape)} on {w.device}, "
+                             f"got {tuple(g.shape)} on {g.device}")
+    return [g if g.dtype == dtype and _same_order(g, w) else
+            torch.empty_strided(w.shape, w.stride(), dtype=dtype, device=w.device).copy_(g)
+            for g, w in zip(grads, weights)]
+
+
 @torch.library.register_kernel(_BWD, "cuda")
-def _backward_cuda(grad, weights, gains, mean, rstd, scales):
+def _backward_cuda(grads, weights, gains, mean, rstd, scales):
     check_group(weights, gains, scales, [1.0] * len(weights))
     _check_row_dense(weights)
-    return triton_module("ws_grouped").backward(grad, weights, gains, mean, rstd, scales)
+    grads = _grads_like(grads, weights)
+    return triton_module("ws_grouped").backward(grads, weights, gains, mean, rstd, scales)
 
 
 @torch.library.register_fake(_OP)
@@ -97,7 +121,7 @@ def _forward_fake(weights, gains, scales, eps):
 
 
 @torch.library.register_fake(_BWD)
-def _backward_fake(grad, weights, gains, mean, rstd, scales):
+def _backward_fake(grads, weights, gains, mean, rstd, scales):
     first = weights[0]
     return (first.new_empty(sum(w.numel() for w in weights)),
             first.new_empty(sum(w.shape[0] for w in weights), dtype=_stat_dtype(first.dtype)))
@@ -123,30 +147,73 @@ def _setup_context(ctx, inputs, output):
     ctx.scales = scales
 
 
+def _weight_grads(grads, weights, gains, mean, rstd, scales):
+    """Every weight's and gain's gradient from one gradient per standardized weight: ONE
+    backward op, which reads each gradient where it lies."""
+    grad_w, grad_gain = torch.ops.fastnofrost.ws_grouped_backward(list(grads), weights, gains, mean, rstd, scales)
+    grad_gs = [c.to(g.dtype).view(g.shape) if g.numel() else None
+               for c, g in zip(grad_gain.split([w.shape[0] for w in weights]), gains)]
+    return split_shaped(grad_w, weights), grad_gs
+
+
 def _backward(ctx, grad, _grad_mean, _grad_rstd):
     mean, rstd, *rest = ctx.saved_tensors
     weights, gains = rest[:ctx.count], rest[ctx.count:]
     if grad is None:
         return [None] * len(weights), [None] * len(gains), None, None
-    grad_w, grad_gain = torch.ops.fastnofrost.ws_grouped_backward(grad, weights, gains, mean, rstd, ctx.scales)
-    grad_ws = split_shaped(grad_w, weights)
-    grad_gs = [c.to(g.dtype).view(g.shape) if g.numel() else None
-               for c, g in zip(grad_gain.split([w.shape[0] for w in weights]), gains)]
+    grad_ws, grad_gs = _weight_grads(split_shaped(grad, weights), weights, gains, mean, rstd, ctx.scales)
     return grad_ws, grad_gs, None, None
 
 
 torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
 
 
-def grouped_flat(weights: Sequence[torch.Tensor], gains: Sequence[Optional[torch.Tensor]],
-                 scales: Sequence[float], eps: Sequence[float]) -> torch.Tensor:
-    """The op on an already checked group (:class:`fastnofrost.nn.WeightGroup` checks once):
-    the flat buffer of every standardized weight. A weight that is not row-dense is read
-    through a contiguous copy."""
-    weights = [w if row_dense(w) else w.contiguous() for w in weights]
-    gains = [w.new_empty(0) if g is None else g for w, g in zip(weights, gains)]
-    flat, _, _ = torch.ops.fastnofrost.ws_grouped_forward(weights, gains, list(scales), list(eps))
-    return flat
+def _readable(weights: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """The weights as the op reads them: a weight that is not row-dense through a contiguous copy."""
+    return [w if row_dense(w) else w.contiguous() for w in weights]
+
+
+def _op_gains(weights, gains) -> List[torch.Tensor]:
+    return [w.new_empty(0) if g is None else g for w, g in zip(weights, gains)]
+
+
+def grouped_forward(weights: Sequence[torch.Tensor], gains: Sequence[Optional[torch.Tensor]],
+                    scales: Sequence[float], eps: Sequence[float]):
+    """The op on an already checked group (:class:`fastnofrost.nn.WeightGroup` checks once),
+    without a graph: ``(flat, mean, rstd)``, every standardized weight in one flat buffer.
+    :func:`attach` gives them their gradient."""
+    with torch.no_grad(), torch.autocast(weights[0].device.type, enabled=False):
+        return torch.ops.fastnofrost.ws_grouped_forward(_readable(weights), _op_gains(weights, gains),
+                                                        list(scales), list(eps))
+
+
+class _Attached(torch.autograd.Function):
+    """The flat buffer's per-weight views as outputs whose gradient is the grouped backward.
+    Autograd hands this node one gradient per weight, so nothing concatenates them first (a
+    split's backward would): the backward op reads each where it lies."""
+
+    @staticmethod
+    def forward(ctx, flat, mean, rstd, cast, scales, count, *params):
+        weights, gains = _readable(params[:count]), params[count:]
+        ctx.save_for_backward(mean, rstd, *weights, *gains)
+        ctx.count, ctx.scales = count, scales
+        return tuple(split_shaped(flat if cast is None else flat.to(cast), weights))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        mean, rstd, *rest = ctx.saved_tensors
+        weights, gains = rest[:ctx.count], rest[ctx.count:]
+        grad_ws, grad_gs = _weight_grads(grads, weights, gains, mean, rstd, ctx.scales)
+        return (None,) * 6 + tuple(grad_ws) + tuple(grad_gs)
+
+
+def attach(flat: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weights: Sequence[torch.Tensor],
+           gains: Sequence[Optional[torch.Tensor]], scales: Sequence[float], cast=None) -> List[torch.Tensor]:
+    """The standardized weights of :func:`grouped_forward`'s result, shaped as the weights and
+    cast to ``cast`` (None: their own dtype; one cast for all), each with its gradient to its
+    weight and gain through one grouped backward (when grad mode is on)."""
+    return list(_Attached.apply(flat, mean, rstd, cast, list(scales), len(weights), *weights,
+                                *_op_gains(weights, gains)))
 
 
 def split_shaped(flat: torch.Tensor, weights: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -170,4 +237,4 @@ def grouped_scaled_weight_standardization(weights: Sequence[torch.Tensor],
     check_group(weights, gains, scales, eps)
     if check_backend(backend) == "reference":
         return [reference.scaled_weight_standardization(w, g, s, e) for w, g, s, e in zip(weights, gains, scales, eps)]
-    return split_shaped(grouped_flat(weights, gains, scales, eps), weights)
+    return attach(*grouped_forward(weights, gains, scales, eps), weights, gains, scales)

@@ -12,9 +12,10 @@ TORCH_LIBRARY(fastnofrost, m) {
   // The same over a list of weights (one model's), in one launch each way: the standardized
   // weights in one flat buffer (weight after weight), mean / rstd over all rows. A weight
   // without a gain has an empty (0-element) tensor in `gains` (Tensor?[] is not differentiable).
+  // The backward reads one gradient per weight, each at its own address (no concatenation).
   m.def("ws_grouped_forward(Tensor[] weights, Tensor[] gains, float[] scales, float[] eps)"
         " -> (Tensor, Tensor, Tensor)");
-  m.def("ws_grouped_backward(Tensor grad, Tensor[] weights, Tensor[] gains, Tensor mean, Tensor rstd,"
+  m.def("ws_grouped_backward(Tensor[] grads, Tensor[] weights, Tensor[] gains, Tensor mean, Tensor rstd,"
         " float[] scales) -> (Tensor, Tensor)");
   // One L-inf PGD step: clip(clip(x_adv + alpha * sign(grad), x - eps, x + eps), lo, hi).
   m.def("pgd_step(Tensor x_adv, Tensor grad, Tensor x, float alpha, float eps, float lo, float hi) -> Tensor");

@@ -4,8 +4,10 @@
 // Layout: each weight is read in its memory order, which must be row-dense (every output channel
 // one dense block, blocks in channel order: contiguous and channels_last weights are). The
 // standardized weights are written into ONE flat buffer, weight after weight, each in the
-// memory order of its weight (the statistics do not depend on the order); mean / rstd are one vector over all rows (output channels)
-// of all weights, in the same order. The loop is parallel over elements, not rows, so that
+// memory order of its weight (the statistics do not depend on the order); mean / rstd are one
+// vector over all rows (output channels) of all weights, in the same order. The backward reads
+// each weight's gradient where autograd left it (one tensor per weight) and writes one flat
+// weight gradient. The loop is parallel over elements, not rows, so that
 // layers with short and long rows share the threads evenly: a task takes the rows that start
 // in its element range.
 #include "ws_row.h"
@@ -100,7 +102,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ws_grouped_forward_cpu(
   return {out, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor> ws_grouped_backward_cpu(const at::Tensor& grad, at::TensorList weights,
+// Weight i's gradient in the memory order of weight i and in one dtype for all (the first
+// gradient's: the weights' own, or autocast's; the kernel reads it as it is). Each is read at its
+// own address: no concatenation. A gradient in another layout or dtype is converted alone.
+std::vector<at::Tensor> gradients_like(at::TensorList grads, const Layout& lay) {
+  const size_t count = lay.weights.size();
+  TORCH_CHECK(grads.size() == count, kWhere, ": grads must have one entry per weight, got ", grads.size(),
+              " for ", count, " weights");
+  const auto dtype = grads[0].scalar_type();
+  TORCH_CHECK(is_supported_float(dtype), kWhere, ": grads must be float64/float32/bfloat16/float16, got ", dtype);
+  std::vector<at::Tensor> out;
+  out.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    const at::Tensor& w = lay.weights[i];
+    const at::Tensor& g = grads[i];
+    TORCH_CHECK(g.sizes() == w.sizes() && g.device() == w.device(), kWhere, ": grad ", i,
+                " must have its weight's shape ", w.sizes(), " on ", w.device(), ", got ", g.sizes(), " on ",
+                g.device());
+    bool same_order = true;  // equal strides wherever a dim has more than one element
+    for (int64_t d = 0; d < w.dim(); ++d) same_order = same_order && (w.size(d) == 1 || g.stride(d) == w.stride(d));
+    if (g.scalar_type() == dtype && same_order) {
+      out.push_back(g);
+    } else {
+      out.push_back(at::empty_strided(w.sizes(), w.strides(), w.options().dtype(dtype)).copy_(g));
+    }
+  }
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> ws_grouped_backward_cpu(at::TensorList grads, at::TensorList weights,
                                                            at::TensorList gains,
                                                            const at::Tensor& mean, const at::Tensor& rstd,
                                                            at::ArrayRef<double> scales) {
@@ -108,29 +138,31 @@ std::tuple<at::Tensor, at::Tensor> ws_grouped_backward_cpu(const at::Tensor& gra
   const auto dtype = lay.weights[0].scalar_type();
   const auto stat_dtype = ws_stat_dtype(dtype);
   const int64_t total = lay.elem_off.back(), rows = lay.row_off.back();
-  TORCH_CHECK(grad.numel() == total, kWhere, ": grad must have the ", total, " elements of all weights, got ",
-              grad.numel());
   TORCH_CHECK(mean.numel() == rows && rstd.numel() == rows && mean.scalar_type() == stat_dtype &&
                   rstd.scalar_type() == stat_dtype,
               kWhere, ": mean/rstd must be ", stat_dtype, " vectors of length ", rows);
-  const at::Tensor g = grad.to(dtype).contiguous();
+  const std::vector<at::Tensor> g = gradients_like(grads, lay);
   const at::Tensor m = mean.contiguous(), s = rstd.contiguous();
   at::Tensor grad_w = at::empty({total}, lay.weights[0].options());
   at::Tensor grad_gain = at::empty({rows}, lay.weights[0].options().dtype(stat_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "ws_grouped_backward_cpu", [&] {
-    using stat_t = ws_stat_t<scalar_t>;
-    const scalar_t* gr = g.const_data_ptr<scalar_t>();
+    using weight_t = scalar_t;
+    using stat_t = ws_stat_t<weight_t>;
     const stat_t* mp = m.const_data_ptr<stat_t>();
     const stat_t* sp = s.const_data_ptr<stat_t>();
-    scalar_t* dw = grad_w.mutable_data_ptr<scalar_t>();
+    weight_t* dw = grad_w.mutable_data_ptr<weight_t>();
     stat_t* dg = grad_gain.mutable_data_ptr<stat_t>();
     const bool stream = grad_w.nbytes() > kStreamBytes;
-    for_each_row(lay, [&](int64_t l, int64_t local, int64_t row, int64_t offset) {
-      const int64_t n = lay.n[l];
-      const at::Tensor& gn = lay.gains[l];
-      const acc_type<scalar_t> gain = gn.defined() ? static_cast<acc_type<scalar_t>>(gn.const_data_ptr<scalar_t>()[local]) : 1;
-      ws_backward_row<scalar_t>(gr + offset, lay.weights[l].const_data_ptr<scalar_t>() + local * n, n, gain, mp[row],
-                                sp[row], scales[l], dw + offset, dg + row, stream);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g[0].scalar_type(), "ws_grouped_backward_cpu", [&] {
+      for_each_row(lay, [&](int64_t l, int64_t local, int64_t row, int64_t offset) {
+        const int64_t n = lay.n[l];
+        const at::Tensor& gn = lay.gains[l];
+        const acc_type<weight_t> gain =
+            gn.defined() ? static_cast<acc_type<weight_t>>(gn.const_data_ptr<weight_t>()[local]) : 1;
+        ws_backward_row<weight_t, scalar_t>(g[l].const_data_ptr<scalar_t>() + local * n,
+                                            lay.weights[l].const_data_ptr<weight_t>() + local * n, n, gain, mp[row],
+                                            sp[row], scales[l], dw + offset, dg + row, stream);
+      });
     });
   });
   return {grad_w, grad_gain};

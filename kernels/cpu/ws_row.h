@@ -112,8 +112,9 @@ inline void ws_forward_row(const scalar_t* w, int64_t n, acc_type<scalar_t> gain
 
 // Gradient of one row from the saved mean / rstd:
 //   d w = gain * scale * rstd * (g - mean(g) - x_hat * mean(g * x_hat)),  d gain = scale * sum(g * x_hat)
-template <typename scalar_t>
-inline void ws_backward_row(const scalar_t* g, const scalar_t* x, int64_t n, acc_type<scalar_t> gain,
+// The incoming gradient may have its own dtype (grad_t: bf16 gradients of float32 weights under autocast).
+template <typename scalar_t, typename grad_t = scalar_t>
+inline void ws_backward_row(const grad_t* g, const scalar_t* x, int64_t n, acc_type<scalar_t> gain,
                             ws_stat_t<scalar_t> mean, ws_stat_t<scalar_t> rstd, double scale, scalar_t* grad_w,
                             ws_stat_t<scalar_t>* grad_gain, bool stream = false) {
   using acc_t = acc_type<scalar_t>;
@@ -128,7 +129,7 @@ inline void ws_backward_row(const scalar_t* g, const scalar_t* x, int64_t n, acc
   const acc_t k = gain * static_cast<acc_t>(scale) * s;
   const acc_t mg = sum_g * inv_n;
   const acc_t mgx = sum_gx * inv_n;
-  if constexpr (std::is_same_v<scalar_t, float>) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<grad_t, float>) {
     if (stream) {
       stream_row(
           grad_w, n, [&](int64_t i) { return k * (g[i] - mg - (x[i] - m) * s * mgx); },

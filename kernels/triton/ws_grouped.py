@@ -7,6 +7,7 @@ per-row table names each row's weight. The tables are built on the host once per
 addresses and copied to the device without a sync (pinned memory); parameter addresses are
 stable, so a steady-state step only looks them up. Each row is read in its weight's memory
 order (row-dense weights: see fastnofrost/ops/ws_grouped.py). An empty gain tensor: no gain.
+The backward reads each weight's gradient at its own address (a per-call table), in its dtype.
 The row math is the per-layer kernels' (ws.py: ws_row_forward / ws_row_backward).
 """
 import torch
@@ -43,13 +44,16 @@ def _fwd_kernel(META, FMETA, ROW_LAYER, OUT, MEAN, RSTD, DT: tl.constexpr, ACC: 
 
 
 @triton.jit
-def _bwd_kernel(META, FMETA, ROW_LAYER, G, MEAN, RSTD, DW, DGAIN, DT: tl.constexpr, ACC: tl.constexpr,
-                BLOCK: tl.constexpr):
+def _bwd_kernel(META, FMETA, ROW_LAYER, GRADS, MEAN, RSTD, DW, DGAIN, DT: tl.constexpr, GDT: tl.constexpr,
+                ACC: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     w, n, offset, gain, scale, _eps = _row(META, FMETA, ROW_LAYER, row, DT, ACC)
+    layer = tl.load(ROW_LAYER + row).to(tl.int64)
+    local = row - tl.load(META + layer * 5 + 3)
+    g = tl.load(GRADS + layer).to(tl.pointer_type(GDT)) + local * n  # this weight's gradient, where it lies
     mean = tl.load(MEAN + row).to(ACC)
     rstd = tl.load(RSTD + row).to(ACC)
-    tl.store(DGAIN + row, ws_row_backward(G + offset, w, DW + offset, n, mean, rstd, gain, scale, ACC, BLOCK))
+    tl.store(DGAIN + row, ws_row_backward(g, w, DW + offset, n, mean, rstd, gain, scale, ACC, BLOCK))
 
 
 _TL = {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -102,13 +106,16 @@ def forward(weights, gains, scales, eps):
     return out, mean, rstd
 
 
-def backward(grad, weights, gains, mean, rstd, scales):
+def backward(grads, weights, gains, mean, rstd, scales):
+    """``grads``: one per weight, all of one dtype, each in its weight's memory order (the
+    caller's check); their addresses change every step, so their table is built per call (one
+    pinned, queued copy: no sync)."""
     meta, fmeta, row_layer, rows, total, block, _ = _group(weights, gains, scales, [1.0] * len(weights))
     first = weights[0]
     acc, stat = _acc(first.dtype)
-    g = grad.to(first.dtype).contiguous()
+    table = _to_device(torch.tensor([g.data_ptr() for g in grads], dtype=torch.int64), first.device)
     dw = torch.empty(total, dtype=first.dtype, device=first.device)
     dgain = torch.empty(rows, dtype=stat, device=first.device)
-    _bwd_kernel[(rows,)](meta, fmeta, row_layer, g, mean.contiguous(), rstd.contiguous(), dw, dgain,
-                         DT=_TL[first.dtype], ACC=acc, BLOCK=block)
+    _bwd_kernel[(rows,)](meta, fmeta, row_layer, table, mean.contiguous(), rstd.contiguous(), dw, dgain,
+                         DT=_TL[first.dtype], GDT=_TL[grads[0].dtype], ACC=acc, BLOCK=block)
     return dw, dgain
