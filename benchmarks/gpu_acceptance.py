@@ -272,13 +272,14 @@ def main(argv=None) -> int:
     os.makedirs(work, exist_ok=True)
     env_out = os.environ.get("OUT") or work
     checks = run_checks(build_checks(sizes, work), args.budget)
-    table = verdict_table(checks, notes(sizes))
+    said = notes(sizes)
+    table = verdict_table(checks, said)
     print(table, flush=True)
     os.makedirs(env_out, exist_ok=True)
     with open(os.path.join(env_out, "acceptance.json"), "w") as fh:
         json.dump({"sizes": dataclasses.asdict(sizes), "budget_s": args.budget,
                    "checks": [{k: getattr(c, k) for k in ("name", "status", "seconds", "img_s", "detail")}
-                              for c in checks], "notes": notes(sizes)}, fh, indent=1)
+                              for c in checks], "notes": said}, fh, indent=1)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if any(c.status == "failed" for c in checks) else 0

@@ -25,7 +25,7 @@ import torch
 
 from . import __version__
 from .attacks import APGD, RayS, Square
-from .attacks.autoattack import STANDARD_TARGETS
+from .attacks.autoattack import check_standard_classes
 from .attacks.common import attack_compile_step
 from .data import DATASETS
 from .metrics import margin, thickness
@@ -239,10 +239,11 @@ def run(args, argv: Sequence[str] = ()) -> dict:
                                   batch_size=args.batch_size, n_examples=args.n_examples, rank=rank, world=world,
                                   device=device, workers=args.workers)
     classes = args.num_classes or loader.num_classes
-    if "aa" in args.attacks.split(",") and classes < STANDARD_TARGETS + 1:  # before any attack runs
-        raise SystemExit(f"python -m fastnofrost.evaluate: --attacks aa (AutoAttack 'standard') targets "
-                         f"{STANDARD_TARGETS} other classes and needs at least {STANDARD_TARGETS + 1}; {args.data} has "
-                         f"{classes}: leave aa out")
+    if "aa" in args.attacks.split(","):  # before any attack runs
+        try:
+            check_standard_classes(classes, args.data)
+        except ValueError as exc:
+            raise SystemExit(f"python -m fastnofrost.evaluate --attacks aa: {exc}: leave aa out") from None
     model = create_model(args.model, num_classes=classes, width=args.width)
     load_checkpoint(model, args.checkpoint)
     model.to(device).eval()

@@ -215,7 +215,7 @@ def test_autoattack_refuses_a_model_of_fewer_than_ten_classes(digits):
     pytest.importorskip("pyautoattack")
     _, x, _ = digits
     four = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), 4))
-    with pytest.raises(ValueError, match="at least 10 classes; this one has 4"):
+    with pytest.raises(ValueError, match="needs at least 10 classes; this model has 4"):
         autoattack(four, x[:8], torch.zeros(8, dtype=torch.long), EPS)
 
 

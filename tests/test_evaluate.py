@@ -332,7 +332,7 @@ def test_autoattack_on_a_data_set_of_fewer_than_ten_classes_stops_before_any_att
     ckpt = tmp_path / "final.safetensors"
     save_file(create_model("nf_resnet26_small", num_classes=4, width=0.25).state_dict(), str(ckpt))
     data = make_image_folder(str(tmp_path / "four"))  # 4 classes
-    with pytest.raises(SystemExit, match="aa .* needs at least 10; .* has 4: leave aa out"):
+    with pytest.raises(SystemExit, match="aa: .* needs at least 10 classes; .* has 4: leave aa out"):
         main(["--model", "nf_resnet26_small", "--width", "0.25", "--checkpoint", str(ckpt), "--data", data,
               "--image-size", "16", "--attacks", "clean,pgd,aa", "--workers", "0", "--no-progress",
               "--out", str(tmp_path / "out")])

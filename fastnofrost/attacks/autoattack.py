@@ -30,14 +30,18 @@ def autoattack(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, *,
     with attack_mode(model):
         with torch.no_grad():
             classes = model(x[:1]).shape[1]
-        if classes < STANDARD_TARGETS + 1:
-            raise ValueError(f"autoattack: the 'standard' version targets {STANDARD_TARGETS} other classes (APGD-T, "
-                             f"FAB-T), so it needs a model of at least {STANDARD_TARGETS + 1} classes; this one has "
-                             f"{classes}")
+        check_standard_classes(classes, "this model")
         check_labels(y, classes)
         runner = ReferenceAutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device=x.device)
         x_adv, _ = runner.run_standard_evaluation(x.detach(), y, batch_size=batch_size)
     return x_adv
+
+
+def check_standard_classes(classes: int, what: str) -> None:
+    """AutoAttack 'standard' targets STANDARD_TARGETS other classes: a ValueError for fewer."""
+    if classes < STANDARD_TARGETS + 1:
+        raise ValueError(f"autoattack: the 'standard' version targets {STANDARD_TARGETS} other classes (APGD-T, "
+                         f"FAB-T), so it needs at least {STANDARD_TARGETS + 1} classes; {what} has {classes}")
 
 
 @dataclass
