@@ -23,16 +23,15 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .attacks import APGD, RayS, Square
 from .attacks.autoattack import check_standard_classes
 from .attacks.common import attack_compile_step
 from .data import DATASETS
+from .data.shard import merge
 from .metrics import margin, thickness
-from .training.distributed import shutdown
 from .evaluation.attacks import DEFAULT_ATTACKS, AttackSettings, build_attacks, check_names
 from .evaluation.data import Examples, validation_loader
-from .evaluation.distributed import gather, init_from_env, launched, merge, rank_and_world
 from .evaluation.properties import build_metrics, check_metric_names
 from .evaluation.report import build_report, to_markdown, write_report
 from .evaluation.runner import attack_pass, clean_pass, metric_pass
@@ -67,7 +66,7 @@ def evaluate(model, data, attacks: Sequence[str] = DEFAULT_ATTACKS, *, eps: floa
     chosen_attacks = build_attacks(attacks, settings)
     chosen_metrics = build_metrics(metrics, settings, metric_settings)
     model.to(device)
-    rank, world = rank_and_world()
+    rank, world = distributed.rank(), distributed.world_size()
     examples = Examples(data, n_examples=n_examples, batch_size=batch_size, rank=rank, world=world, device=device)
     show = progress and rank == 0
 
@@ -94,7 +93,7 @@ def evaluate(model, data, attacks: Sequence[str] = DEFAULT_ATTACKS, *, eps: floa
 def _merge(local: Dict[str, dict]) -> Dict[str, dict]:
     """Per-sample tensors of every rank merged in evaluation order; times: the slowest rank's;
     largest perturbation: over all ranks."""
-    ranks = gather(local)
+    ranks = distributed.gather(local)
     merged = {}
     for name, first in local.items():
         entry = {}
@@ -232,8 +231,8 @@ def run(args, argv: Sequence[str] = ()) -> dict:
     from .models import create_model, load_checkpoint
     from .nn import group_weights
 
-    device = init_from_env(args.device) if launched() else torch.device(args.device)
-    rank, world = rank_and_world()
+    device = distributed.init_from_env(args.device) if distributed.launched() else torch.device(args.device)
+    rank, world = distributed.rank(), distributed.world_size()
     sets, class_index, splits = shift_plan(args)
     loader, n = validation_loader(args.data, backend=args.data_backend, image_size=args.image_size,
                                   batch_size=args.batch_size, n_examples=args.n_examples, rank=rank, world=world,
@@ -279,7 +278,7 @@ def main(argv=None) -> dict:
     try:
         return run(args, argv)
     finally:
-        shutdown()
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

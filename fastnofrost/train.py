@@ -32,7 +32,7 @@ from fastnofrost.data import build_loader
 from fastnofrost.methods import AttackSettings, build_method
 from fastnofrost.models import create_model
 from fastnofrost.nn import group_weights
-from fastnofrost.training import distributed
+from fastnofrost import distributed
 from fastnofrost.training.checkpoint import Checkpoints, save_weights
 from fastnofrost.training.engine import build_optimizer, deepspeed_config, param_groups, resolve
 from fastnofrost.training.finite import LossWatch, TrainingError, check_weights

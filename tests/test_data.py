@@ -247,6 +247,22 @@ def test_fashion_mnist_missing_says_how_to_install(tmp_path):
         load_fashion_mnist(train=True, root=str(tmp_path))
 
 
+@pytest.mark.parametrize("data", ["digits", "folder"])
+def test_a_given_sharding_is_the_one_the_loader_reads_with(data, folder):
+    """``sharding=`` (a function of the split's sample count) replaces the rank's default
+    sharding before any batch is made: every third validation sample from sample 2 on."""
+    source = folder if data == "folder" else data
+    ld = build_loader(source, batch_size=4, image_size=16, train=False, workers=0,
+                      sharding=lambda count: Sharding(count, 4, False, 2, 3))
+    whole = build_loader(source, batch_size=1000, image_size=16, train=False, workers=0)
+    x_all, y_all = next(iter(whole))
+    assert ld.sharding == Sharding(whole.sharding.num_samples, 4, False, 2, 3)
+    y = torch.cat([b[-1] for b in ld])
+    assert torch.equal(y, y_all[2::3])
+    with pytest.raises(ValueError, match="synthetic backend makes its own batches"):
+        build_loader(backend="synthetic", batch_size=4, image_size=16, sharding=lambda count: None)
+
+
 def test_synthetic():
     ld = build_loader(backend="synthetic", batch_size=4, image_size=16, num_classes=10, synthetic_batches=3,
                       nofrost_star=True, channels_last=True)

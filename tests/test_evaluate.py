@@ -22,7 +22,7 @@ from fastnofrost.data import build_loader
 from fastnofrost.evaluate import evaluate, main, parse_args
 from fastnofrost.evaluation.attacks import DEFAULT_ATTACKS, MENU, AttackSettings, build_attacks, check_in_ball
 from fastnofrost.evaluation.data import Examples, spread_indices, spread_sharding
-from fastnofrost.evaluation.distributed import merge, shard_size
+from fastnofrost.data.shard import merge, shard_size
 from fastnofrost.evaluation.report import masking_warnings, to_markdown, worst_case, write_report
 from fastnofrost.evaluation.shift import ShiftDataError, evaluate_shift, plan_shift, read_class_index
 

@@ -514,7 +514,7 @@ def test_preemption_of_one_rank_stops_both_in_step_and_resume_is_exact(tmp_path)
 
 SAVE_UNDER_SIGNALS = """
 import os, signal, sys, torch, deepspeed
-from fastnofrost.training import distributed
+from fastnofrost import distributed
 from fastnofrost.training.checkpoint import Checkpoints
 from fastnofrost.training.preemption import Preemption
 mode, root = sys.argv[1:]

@@ -130,6 +130,13 @@ class Precision:
         return out.to(torch.promote_types(out.dtype, torch.float32))
 
 
+def predict(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """float32 logits of ``model`` on ``x`` in eval mode, without gradients (what evaluation
+    and the metrics score)."""
+    with attack_mode(model), torch.no_grad():
+        return Precision(precision).logits(model, x)
+
+
 def input_gradient(forward, x_adv: torch.Tensor, objective, precision: Precision):
     """Per-sample objective, logits and d(sum objective)/d(x_adv) (times the loss scale).
 

@@ -58,12 +58,19 @@ __all__ = ["BACKENDS", "DATASETS", "BadDataError", "build_loader"]
 def build_loader(data=None, *, backend="torch", batch_size=256, image_size=224, train=True, rank=0, world_size=1,
                  seed=0, channels_last=False, device="cpu", nofrost_star=False, skip_bad=None, verify="header",
                  workers=4, colour_strength=1.0, val_fraction=0.2, split_seed=0, synthetic_batches=100,
-                 num_classes=1000, subset=0):
+                 num_classes=1000, subset=0, sharding=None):
     """Build the loader for one split on one rank (see the module docstring).
     ``skip_bad=None`` means skip-and-count for training, raise for validation. ``subset=N``
-    keeps N samples of the split, drawn by a permutation seeded with ``split_seed`` (0: all)."""
+    keeps N samples of the split, drawn by a permutation seeded with ``split_seed`` (0: all).
+    ``sharding``: a function of the split's sample count returning the :class:`Sharding` to
+    read with, in place of ``Sharding(count, batch_size, train, rank, world_size, seed)``
+    (the evaluation reads a spread subset first: ``fastnofrost.evaluation.data``)."""
     if subset < 0:
         raise ValueError(f"subset must be >= 0, got {subset}")
+    if sharding is not None and backend == "synthetic":
+        raise ValueError("the synthetic backend makes its own batches: it takes no sharding=")
+    if sharding is None:
+        sharding = lambda count: Sharding(count, batch_size, train, rank, world_size, seed)  # noqa: E731
     skip_bad = train if skip_bad is None else skip_bad
     if backend not in BACKENDS:
         raise ValueError(f"unknown data backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -82,13 +89,12 @@ def build_loader(data=None, *, backend="torch", batch_size=256, image_size=224, 
         raise ValueError(f"the {backend} backend needs data: a folder or one of {', '.join(DATASETS)}")
     debiased = texture_debiased_transform(image_size, colour_strength) if nofrost_star and train else None
     if data in DATASETS:
-        return _tensor_loader(data, backend, train, val_fraction, split_seed, debiased, subset,
-                              batch_size=batch_size, image_size=image_size, rank=rank, world_size=world_size,
-                              seed=seed, **common)
+        return _tensor_loader(data, backend, train, val_fraction, split_seed, debiased, subset, sharding,
+                              image_size=image_size, **common)
     scan = _scan(str(data), train, verify, skip_bad, workers, val_fraction, split_seed)
     if subset:
         scan.samples = [scan.samples[i] for i in sorted(_pick(len(scan.samples), subset, split_seed))]
-    sharding = Sharding(len(scan.samples), batch_size, train, rank, world_size, seed)
+    sharding = sharding(len(scan.samples))
     if backend == "torch":
         from .folder import FolderLoader
 
@@ -121,8 +127,8 @@ def _pick(n, subset, split_seed):
     return np.random.default_rng([split_seed, 7]).permutation(n)[:subset].tolist()
 
 
-def _tensor_loader(name, backend, train, val_fraction, split_seed, debiased, subset, *, batch_size, image_size,
-                   rank, world_size, seed, **common):
+def _tensor_loader(name, backend, train, val_fraction, split_seed, debiased, subset, sharding, *, image_size,
+                   **common):
     import torch
 
     from .datasets import TensorLoader, load_digits, load_fashion_mnist
@@ -134,5 +140,4 @@ def _tensor_loader(name, backend, train, val_fraction, split_seed, debiased, sub
     if subset:
         keep = torch.tensor(sorted(_pick(len(images), subset, split_seed)), dtype=torch.int64)
         images, labels = images[keep], labels[keep]
-    sharding = Sharding(len(images), batch_size, train, rank, world_size, seed)
-    return TensorLoader(images, labels, sharding, image_size=image_size, num_classes=10, debiased=debiased, **common)
+    return TensorLoader(images, labels, sharding(len(images)), image_size=image_size, num_classes=10, debiased=debiased, **common)

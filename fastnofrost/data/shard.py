@@ -13,8 +13,28 @@ Per-sample augmentation seeds are a function of (seed, epoch, sample index) alon
 reproducible whatever the number of loader workers.
 """
 from dataclasses import dataclass
+from typing import List, Sequence
 
 import numpy as np
+
+
+def shard_size(n: int, rank: int, world: int) -> int:
+    """How many of n samples rank ``rank`` gets when they are dealt round-robin."""
+    return len(range(rank, n, world))
+
+
+def merge(shards: Sequence[Sequence]) -> List:
+    """Inverse of round-robin dealing: shard r holds items r, r + W, ...; returns all in order
+    (evaluation puts every rank's per-sample results back in evaluation order)."""
+    world, total = len(shards), sum(len(s) for s in shards)
+    for r, shard in enumerate(shards):
+        if len(shard) != shard_size(total, r, world):
+            raise ValueError(f"rank {r} holds {len(shard)} results, round-robin dealing of {total} over {world} "
+                             f"ranks gives it {shard_size(total, r, world)}")
+    merged = [None] * total
+    for r, shard in enumerate(shards):
+        merged[r::world] = list(shard)
+    return merged
 
 
 @dataclass(frozen=True)
@@ -43,7 +63,7 @@ class Sharding:
         """Batches per epoch on this rank."""
         if self.train:
             return self._per_rank() // self.batch_size
-        return -(-len(range(self.rank, self.num_samples, self.world_size)) // self.batch_size)
+        return -(-shard_size(self.num_samples, self.rank, self.world_size) // self.batch_size)
 
     def indices(self, epoch):
         """This rank's sample indices for ``epoch``, in reading order."""

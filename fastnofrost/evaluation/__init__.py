@@ -5,7 +5,8 @@
 * :mod:`.properties`: the model-property metrics (thickness, margin, smoothness) and settings;
 * :mod:`.data`: this rank's examples (spread subset, round-robin shard) in batches;
 * :mod:`.runner`: one timed pass with a progress bar per attack or metric;
-* :mod:`.distributed`: process group from the launcher's environment, gather and merge;
+* (the process group is :mod:`fastnofrost.distributed`'s, shared with training; the
+  round-robin dealing and its inverse are :mod:`fastnofrost.data.shard`'s);
 * :mod:`.report`: numbers, worst case, gradient-masking warning, Markdown and JSON;
 * :mod:`.shift`: ImageNet-C / -R / -A / -Sketch folders and their accuracy.
 """

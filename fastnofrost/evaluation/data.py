@@ -3,15 +3,14 @@
 ``n_examples`` picks N examples *spread evenly* over the evaluation order (every
 (M // N)-th of the M examples, the first N of those), so that a subset of a class-sorted
 folder such as ImageNet's val/ still covers every class; the choice is deterministic. The N
-examples are then dealt round-robin over the ranks (see :mod:`.distributed`).
+examples are then dealt round-robin over the ranks (see :func:`fastnofrost.data.shard.shard_size`).
 """
 from typing import Iterator, Optional, Tuple
 
 import torch
 
 from ..data import build_loader
-from ..data.shard import Sharding
-from .distributed import shard_size
+from ..data.shard import Sharding, shard_size
 
 
 def spread_indices(m: int, n: Optional[int]) -> torch.Tensor:
@@ -34,9 +33,9 @@ def validation_loader(data, *, backend: str, image_size: int, batch_size: int, n
     """``build_loader``'s validation split of ``data`` (folder, 'digits' or 'fashion-mnist') for
     this rank, reading the spread subset first; returns (loader, number of examples N)."""
     loader = build_loader(data, backend=backend, batch_size=batch_size, image_size=image_size, train=False,
-                          rank=rank, world_size=world, device=device, workers=workers)
+                          rank=rank, world_size=world, device=device, workers=workers,
+                          sharding=lambda m: spread_sharding(m, n_examples, batch_size, rank, world))
     m = loader.sharding.num_samples
-    loader.sharding = spread_sharding(m, n_examples, batch_size, rank, world)
     return loader, min(m, n_examples or m)
 
 

@@ -31,9 +31,9 @@ from torchvision.transforms import v2
 from ..data.augment import to_float, val_transform
 from ..data.folder import FolderLoader
 from ..data.scan import scan_folder
-from ..metrics.l2_pgd import predict
+from ..attacks.common import predict
 from .data import Examples, spread_sharding
-from .distributed import gather, rank_and_world
+from .. import distributed
 from .runner import sweep
 
 TITLES = {"imagenet-c": "ImageNet-C", "imagenet-r": "ImageNet-R", "imagenet-a": "ImageNet-A",
@@ -165,7 +165,7 @@ def _transform(split: Split, image_size: int):
 
 def _accuracy(model, split: Split, *, image_size, batch_size, n_examples, workers, device, precision, progress):
     """(correct, n) of this rank on one split."""
-    rank, world = rank_and_world()
+    rank, world = distributed.rank(), distributed.world_size()
     scan = scan_folder(split.root, skip_bad=False, workers=max(4, workers))
     sharding = spread_sharding(len(scan.samples), n_examples, batch_size, rank, world)
     loader = FolderLoader(scan, sharding, [_transform(split, image_size)], workers=workers, skip_bad=False,
@@ -200,7 +200,7 @@ def evaluate_shift(model, sets: Dict[str, str], class_index: Optional[List[str]]
     for split in splits:
         correct, n = _accuracy(model, split, image_size=image_size, batch_size=batch_size, n_examples=n_examples,
                                workers=workers, device=device, precision=precision, progress=progress)
-        counts.append([sum(v) for v in zip(*gather((correct, n)))])
+        counts.append([sum(v) for v in zip(*distributed.gather((correct, n)))])
     report = {}
     for split, (correct, n) in zip(splits, counts):
         if split.corruption is None:

@@ -54,9 +54,3 @@ def l2_pgd(model, x: torch.Tensor, y: torch.Tensor, eps: Radius, steps: int, ste
                 shrink = (eps / l2_norms(delta).clamp_min(1e-12)).clamp(max=1.0)
                 x_adv = (x + delta * per_sample(shrink, x)).clamp_(0.0, 1.0)
     return x_adv
-
-
-def predict(model, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """float32 logits of ``model`` on ``x`` in eval mode, without gradients."""
-    with attack_mode(model), torch.no_grad():
-        return Precision(precision).logits(model, x)

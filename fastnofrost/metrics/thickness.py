@@ -19,9 +19,9 @@ from typing import Optional
 
 import torch
 
-from ..attacks.common import attack_mode, check_count, check_positive
+from ..attacks.common import attack_mode, check_count, check_positive, predict
 from ..attacks.losses import random_targets
-from .l2_pgd import l2_norms, l2_pgd, predict
+from .l2_pgd import l2_norms, l2_pgd
 
 ALPHA, BETA = 0.0, 0.75
 EPS, STEP, STEPS, POINTS = 1.0, 0.2, 20, 128

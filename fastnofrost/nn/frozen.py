@@ -97,7 +97,7 @@ def fill_cache(model: torch.nn.Module) -> None:
             module.__dict__["_frozen_store"] = w
         elif store is not w:
             store.copy_(w)
-            module.__dict__["_frozen_cache"] = (module.__dict__["_frozen_cache"][0], store)
+            remember(module, store, autocast_dtype(module.weight.device.type))
     for group in groups.values():
         group.fill_store(autocast_dtype(group.layers[0].weight.device.type))
 

@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from . import distributed
+from .. import distributed
 
 LATEST = "latest"
 

@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from . import distributed
+from .. import distributed
 
 MAX_SKIPPED_FP16 = 20  # consecutive non-finite fp16 losses before giving up
 

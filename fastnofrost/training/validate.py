@@ -11,7 +11,7 @@ import torch
 from ..attacks import pgd
 from ..attacks.common import Precision
 from ..nn import set_bn_mode, weight_group
-from . import distributed
+from .. import distributed
 
 
 def validate(module, loader, *, eps, steps, examples, precision, device, mbnat_gamma=None, compile_step=False) -> dict:

@@ -1,8 +1,14 @@
-"""Process group set-up: DeepSpeed's launcher (``deepspeed [--num_gpus N | --hostfile H] ...``)
-sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; a plain ``python`` run gets
-them here (one process). NCCL on CUDA, gloo on CPU."""
+"""The process group, for training and evaluation alike.
+
+DeepSpeed's launcher (``deepspeed [--num_gpus N | --hostfile H] ...``) or torchrun sets RANK /
+WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. Training joins through DeepSpeed
+(:func:`init`; a plain ``python`` run gets a world of one here); evaluation, which must run
+where DeepSpeed is not installed, joins through torch (:func:`init_from_env`). NCCL on CUDA,
+gloo on CPU. Outside a process group every rank query answers as one process.
+"""
 import os
 import socket
+from typing import List
 
 import torch
 import torch.distributed as dist
@@ -27,6 +33,23 @@ def init(device_type: str) -> None:
     if device_type == "cpu" and local > 1 and "OMP_NUM_THREADS" not in os.environ:
         # ranks sharing a machine share its cores: OpenMP spinning on every core per rank is 10x slower
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+
+def launched() -> bool:
+    """True when a launcher asked for more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device: str) -> torch.device:
+    """Join the process group the launcher describes without DeepSpeed (evaluation); returns the
+    rank's device (``cuda:LOCAL_RANK`` on CUDA)."""
+    if device == "cuda":
+        local = local_rank()
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+        return torch.device("cuda", local)
+    dist.init_process_group("gloo")
+    return torch.device(device)
 
 
 def rank() -> int:
@@ -56,6 +79,15 @@ def all_sum(values, device) -> list:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
     return t.tolist()
+
+
+def gather(obj) -> List:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` without a process group)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier() -> None:
