@@ -159,11 +159,8 @@ def compiled(model: nn.Module, compile_step, precision: Precision, device_type: 
     torch.compile mode such as 'reduce-overhead', which uses CUDA graphs on CUDA).
 
     Called inside :func:`attack_mode`. For a compiled step the standardized weights are
-    computed here, eagerly, under the attack's precision (:func:`~fastnofrost.nn.fill_cache`);
-    the compiled graph takes them as inputs, at the same address every attack. So a compiled
-    attack also standardizes each weight once, one graph serves every attack whatever the
-    weights, and under CUDA graphs the cached weights are neither outputs of a graph that a
-    later replay overwrites nor moving static inputs that would force a re-recording.
+    computed here, eagerly, under the attack's precision (:func:`~fastnofrost.nn.fill_cache`;
+    why, and what it means for CUDA graphs: the module doc of :mod:`fastnofrost.nn.frozen`).
     """
     if compile_step is False:
         return model

@@ -14,7 +14,9 @@ graph inputs. So a compiled attack keeps the WS-once property, one graph serves 
 attack (new weights, same graph) and, under CUDA graphs, no graph owns the cached tensors.
 Do not trace an unfilled cache: the graph would guard on parameter versions (a recompile
 per weight update) and, under CUDA graphs, the cache would hold graph outputs that a later
-replay overwrites.
+replay overwrites. The filled weights live in persistent buffers: CUDA graphs treat module
+tensors as static inputs and would re-record a graph whenever a cache landed elsewhere in
+memory. This is the one place this rationale is written.
 """
 import contextlib
 import weakref
@@ -76,10 +78,9 @@ def fill_cache(model: torch.nn.Module) -> None:
     """Standardize every weight of ``model`` now, eagerly and under the caller's autocast, so
     that a compiled forward inside this frozen context finds them (see the module doc).
 
-    The standardized weights are written into one persistent tensor per layer, kept across
-    contexts (one weight-sized copy in the attack dtype), so every attack hands the compiled
-    graph the same addresses: CUDA graphs treat module tensors as static inputs and would
-    otherwise re-record a graph whenever a new cache lands elsewhere in memory.
+    The standardized weights are written into one persistent tensor per layer (one buffer per
+    grouped model), kept across contexts (one weight-sized copy in the attack dtype), so every
+    attack hands the compiled graph the same addresses (the module doc says why).
     """
     if not is_frozen():
         raise RuntimeError("fill_cache(model) only works inside `with frozen_weights():`")

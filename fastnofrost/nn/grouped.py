@@ -139,8 +139,7 @@ class WeightGroup:
         self._remember(self._frozen_flat(cast), cast)
 
     def fill_store(self, cast) -> None:
-        """:meth:`fill_frozen` into one persistent buffer, so a compiled attack (CUDA graphs)
-        finds the weights at the same addresses every step (see :func:`fill_cache`)."""
+        """:meth:`fill_frozen` into one persistent buffer, for :func:`fill_cache`."""
         flat, store = self._frozen_flat(cast), self._store
         if store is None or (store.shape, store.dtype, store.device) != (flat.shape, flat.dtype, flat.device):
             store = self._store = flat.clone()

@@ -5,6 +5,14 @@ row math (ws_row_forward / ws_row_backward) is shared with the grouped kernels.
 
 Rows (output channels) are at most a few thousand elements, so the statistics pass and the
 write pass re-read the row from L1/L2, not from device memory.
+
+Why the forward makes three passes over a row (mean, then the centred sum of squares, then the
+write) where the CPU kernel (kernels/cpu/ws_row.h) makes two: the CPU row sums w - w[0] and its
+square in one pass, in sixteen fixed lanes, shifted by the first element so that a mean far from
+zero does not cancel the variance. A Triton program holds a BLOCK-wide vector and a row may span
+several blocks; the exact two-pass variance (mean first) costs one more read of a row that is
+already in cache, and nothing in memory traffic. The backward needs two passes either way (the
+sums of g and g * x_hat, then the write).
 """
 import torch
 import triton
