@@ -66,7 +66,7 @@ from official import naive_attack_step, official_model, official_optimizer, offi
 from results_io import save_result, set_allocator
 from fastnofrost import ops
 from fastnofrost.attacks import default_alpha
-from fastnofrost.attacks.common import Precision, attack_compile_step, attack_mode
+from fastnofrost.attacks.base import Precision, attack_compile_step, attack_mode
 from fastnofrost.config import TrainConfig
 from fastnofrost.methods import AttackSettings, build_method
 from fastnofrost.models import create_model
@@ -196,7 +196,7 @@ def weight_grads_in_loop():
         leaves[layer] = cached_weight(layer, compute).requires_grad_(True)
         return leaves[layer]
 
-    def input_and_weight_gradients(forward, x_adv, objective, precision):  # attacks.common.input_gradient's twin
+    def input_and_weight_gradients(forward, x_adv, objective, precision):  # attacks.base.input_gradient's twin
         x_adv.requires_grad_(True)
         logits = precision.logits(forward, x_adv)
         values = objective(logits)

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
-from .attacks.common import COMPILE_LEVELS, PRECISIONS as ATTACK_PRECISIONS
+from .attacks.base import COMPILE_LEVELS, PRECISIONS as ATTACK_PRECISIONS
 from .data import BACKENDS as DATA_BACKENDS, DATASETS
 from .methods import METHODS
 

@@ -26,7 +26,7 @@ import torch
 from . import __version__, distributed
 from .attacks import APGD, RayS, Square
 from .attacks.autoattack import check_standard_classes
-from .attacks.common import attack_compile_step
+from .attacks.base import attack_compile_step
 from .data import DATASETS
 from .data.shard import merge
 from .metrics import margin, thickness

@@ -26,7 +26,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
 
 import torch
 
-from fastnofrost.attacks.common import attack_compile_step
+from fastnofrost.attacks.base import attack_compile_step
 from fastnofrost.config import ConfigError, TrainConfig, load_config
 from fastnofrost.data import build_loader
 from fastnofrost.methods import AttackSettings, build_method

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastnofrost.attacks import ATTACKS, apgd, attack_loss, autoattack, get_attack, pgd, rays, square
-from fastnofrost.attacks.common import Precision, attack_mode, input_gradient
+from fastnofrost.attacks.base import Precision, attack_mode, input_gradient
 from fastnofrost.attacks.losses import Objective
 from fastnofrost.nn import ScaledStdConv2d, StdConv2d
 from fastnofrost.ops import pgd_random_start

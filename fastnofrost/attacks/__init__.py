@@ -25,7 +25,7 @@ from functools import partial
 
 from .apgd import APGD, apgd
 from .autoattack import AutoAttack, autoattack
-from .common import PRECISIONS, Precision, attack_mode, default_alpha
+from .base import PRECISIONS, Precision, attack_mode, default_alpha
 from .losses import LOSSES, Objective, attack_loss
 from .pgd import PGD, pgd
 from .rays import RayS, rays

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from ..ops import pgd_random_start
-from .common import (check_settings, Precision, attack_mode, check_count, check_eps, check_inputs, check_labels,
+from .base import (check_settings, Precision, attack_mode, check_count, check_eps, check_inputs, check_labels,
                      check_positive, input_gradient, new_generator, per_sample)
 from .losses import Objective, check_loss
 

@@ -11,7 +11,7 @@ and weight standardization computed once per layer for the entire AutoAttack run
 from dataclasses import dataclass
 import torch
 
-from .common import check_settings, attack_mode, check_count, check_eps, check_inputs, check_labels
+from .base import check_settings, attack_mode, check_count, check_eps, check_inputs, check_labels
 
 STANDARD_TARGETS = 9  # target classes of APGD-T and FAB-T in AutoAttack 'standard'
 

@@ -16,7 +16,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from .common import check_labels
+from .base import check_labels
 
 LOSSES = ("ce", "cw", "dlr", "kl")
 DLR_EPS = 1e-12

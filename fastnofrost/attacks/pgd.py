@@ -7,7 +7,7 @@ Gaussian start of std 0.001) and FAT's early-stopped PGD (Zhang et al. 2020: a s
 ``tau`` steps after it is first misclassified). Per step: one forward (under autocast if asked), one
 ``torch.autograd.grad`` w.r.t. the fp32 perturbation only, and one fused in-place step
 ``clip(clip(x_adv + alpha * sign(g), x - eps, x + eps), 0, 1)``. The whole attack runs in
-:func:`~fastnofrost.attacks.common.attack_mode` (eval mode, frozen parameters, standardized
+:func:`~fastnofrost.attacks.base.attack_mode` (eval mode, frozen parameters, standardized
 weights computed once), so no weight gradient is ever computed and nothing of a step's graph
 outlives it: memory is flat in the number of steps.
 """
@@ -17,7 +17,7 @@ from typing import Optional, Union
 import torch
 
 from ..ops import pgd_random_start, pgd_step_
-from .common import (Precision, attack_mode, check_compile_step, check_count, check_eps, check_inputs,
+from .base import (Precision, attack_mode, check_compile_step, check_count, check_eps, check_inputs,
                      check_positive, check_settings, compiled, default_alpha, input_gradient, new_generator,
                      per_sample)
 from .losses import Objective, check_loss
@@ -46,7 +46,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, steps: in
         precision: 'fp32', 'bf16' or 'fp16' (autocast; fp16 with ``loss_scale``, default 1024).
         compile_step: torch.compile the model forward of a step (True, or a mode such as
             'reduce-overhead' for CUDA graphs); the weights are still standardized once per
-            attack (see :func:`~fastnofrost.attacks.common.compiled`).
+            attack (see :func:`~fastnofrost.attacks.base.compiled`).
         generator: torch.Generator (CPU) for the random start and random targets.
         return_success: also return success of the final x_adv (one extra forward).
         validate: read x and y on the host once (one sync) to check the pixel range and the

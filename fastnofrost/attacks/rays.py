@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import (check_settings, Precision, attack_mode, check_count, check_eps, check_inputs, check_labels,
+from .base import (check_settings, Precision, attack_mode, check_count, check_eps, check_inputs, check_labels,
                      per_sample)
 
 

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from .common import (check_settings, Precision, attack_mode, check_count, check_eps, check_inputs, check_labels,
+from .base import (check_settings, Precision, attack_mode, check_count, check_eps, check_inputs, check_labels,
                      check_positive, new_generator, per_sample)
 
 # (fraction of a 10000-query budget after which, divisor of p_init) from the paper's code

@@ -140,4 +140,5 @@ def _tensor_loader(name, backend, train, val_fraction, split_seed, debiased, sub
     if subset:
         keep = torch.tensor(sorted(_pick(len(images), subset, split_seed)), dtype=torch.int64)
         images, labels = images[keep], labels[keep]
-    return TensorLoader(images, labels, sharding(len(images)), image_size=image_size, num_classes=10, debiased=debiased, **common)
+    return TensorLoader(images, labels, sharding(len(images)), image_size=image_size, num_classes=10,
+                        debiased=debiased, **common)

@@ -9,7 +9,7 @@
 from functools import partial
 from typing import Dict, Optional
 
-from ..attacks.common import new_generator
+from ..attacks.base import new_generator
 from ..metrics import boundary_thickness, decision_margin, smoothness
 from ..metrics import margin as margin_module
 from ..metrics import thickness as thickness_module

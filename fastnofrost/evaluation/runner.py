@@ -10,7 +10,7 @@ from typing import Callable, Dict
 import torch
 from tqdm import tqdm
 
-from ..attacks.common import predict
+from ..attacks.base import predict
 from .attacks import check_in_ball
 
 PerSample = Dict[str, torch.Tensor]

@@ -31,7 +31,7 @@ from torchvision.transforms import v2
 from ..data.augment import to_float, val_transform
 from ..data.folder import FolderLoader
 from ..data.scan import scan_folder
-from ..attacks.common import predict
+from ..attacks.base import predict
 from .data import Examples, spread_sharding
 from .. import distributed
 from .runner import sweep

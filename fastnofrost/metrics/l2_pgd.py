@@ -15,7 +15,7 @@ from typing import Optional, Union
 import torch
 
 from ..attacks import Objective, Precision, attack_mode
-from ..attacks.common import check_count, check_inputs, input_gradient, per_sample
+from ..attacks.base import check_count, check_inputs, input_gradient, per_sample
 
 Radius = Union[float, torch.Tensor]
 

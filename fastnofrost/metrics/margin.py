@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ..attacks.common import attack_mode, check_count, check_positive, predict
+from ..attacks.base import attack_mode, check_count, check_positive, predict
 from .l2_pgd import l2_norms, l2_pgd
 
 MAX_RADIUS, STEPS, SEARCH_STEPS = 10.0, 20, 10

@@ -12,7 +12,7 @@ import torch
 
 from ..attacks import attack_mode, pgd
 from ..attacks.losses import kl_divergence
-from ..attacks.common import predict
+from ..attacks.base import predict
 
 
 def smoothness(model, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255, steps: int = 20,

@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from ..attacks.common import attack_mode, check_count, check_positive, predict
+from ..attacks.base import attack_mode, check_count, check_positive, predict
 from ..attacks.losses import random_targets
 from .l2_pgd import l2_norms, l2_pgd
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn import DropPath, DualBatchNorm2d
-from .common import check_model_args, drop_path_rates, round_channels
+from .builder import check_model_args, drop_path_rates, round_channels
 from .normalize import InputNormalize
 from .registry import register_model
 

@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised by an install without
         "against the installed torch; see README.md."
     ) from exc
 
-from .common import BACKENDS, check_backend  # noqa: E402
+from .backend import BACKENDS, check_backend  # noqa: E402
 from .ws import scaled_weight_standardization  # noqa: E402
 from .ws_grouped import grouped_scaled_weight_standardization  # noqa: E402
 from .pgd import pgd_random_start, pgd_step, pgd_step_  # noqa: E402

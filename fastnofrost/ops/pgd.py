@@ -12,7 +12,7 @@ to detached tensors between gradient computations.
 import torch
 
 from . import reference
-from .common import FLOAT_DTYPES, check_backend, triton_module
+from .backend import FLOAT_DTYPES, check_backend, triton_module
 
 
 def _check_bounds(eps, lo, hi, op):

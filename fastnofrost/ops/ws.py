@@ -10,7 +10,7 @@ returns grads for the weight and the gain.
 import torch
 
 from . import reference
-from .common import FLOAT_DTYPES, check_backend, triton_module
+from .backend import FLOAT_DTYPES, check_backend, triton_module
 
 _OP = "fastnofrost::ws_forward"
 _BWD = "fastnofrost::ws_backward"

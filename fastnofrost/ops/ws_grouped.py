@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from . import reference
-from .common import FLOAT_DTYPES, check_backend, triton_module
+from .backend import FLOAT_DTYPES, check_backend, triton_module
 
 _OP = "fastnofrost::ws_grouped_forward"
 _BWD = "fastnofrost::ws_grouped_backward"

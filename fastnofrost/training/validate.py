@@ -9,7 +9,7 @@ import math
 import torch
 
 from ..attacks import pgd
-from ..attacks.common import Precision
+from ..attacks.base import Precision
 from ..nn import set_bn_mode, weight_group
 from .. import distributed
 
