@@ -69,7 +69,8 @@ class Trainer:
         self.method = build_method(
             cfg.method, AttackSettings(cfg.eps_pixels, cfg.steps, cfg.alpha_pixels, self.precision,
                                        attack_compile_step(self.compile_level, device.type)),
-            cfg.smoothing, lam=cfg.lam, beta=cfg.beta, tau=cfg.tau, deepaugment=_deepaugment(cfg, device))
+            cfg.smoothing, lam=cfg.lam, beta=cfg.beta, tau=cfg.tau, gamma=cfg.mbnat_gamma,
+            deepaugment=_deepaugment(cfg, device))
         common = dict(backend=backend, image_size=cfg.image_size, rank=self.rank, world_size=self.world,
                       seed=cfg.seed, channels_last=channels_last, device=device, workers=cfg.workers)
         self.train_loader = build_loader(cfg.data, batch_size=micro, train=True, subset=cfg.train_examples,
@@ -228,7 +229,7 @@ class Trainer:
         t0 = time.time()
         result = validate(self.engine.module, self.val_loader, eps=cfg.eps_pixels, steps=cfg.val_steps,
                           examples=cfg.val_examples, precision=self.precision, device=self.device,
-                          mbnat_gamma=cfg.mbnat_gamma if cfg.method == "mbnat" else None,
+                          evaluation=self.method.evaluation,
                           compile_step=self.method.attack_settings.compile_step)
         result.update(epoch=epoch, step=self.engine.global_steps, seconds=time.time() - t0)
         self.state["val"].append(result)

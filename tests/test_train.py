@@ -2,6 +2,7 @@
 config validation, the CLI end to end (1 rank, 2 DeepSpeed ranks on CPU), exact resume after
 SIGKILL, non-finite losses."""
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -70,6 +71,32 @@ def test_nofrost_star_requires_views(digits_batch):
     model = tiny("nf_resnet26_small")
     with pytest.raises(ValueError, match="x_aug"):
         build_method("nofrost_star", ATTACK)(model, model, x, y)
+
+
+def test_methods_take_exactly_their_own_settings():
+    """A method's settings are its dataclass fields; another method's knob is ignored, so SAT
+    gets no early stop from --tau (only FAT and TRADES-FAT do)."""
+    knobs = dict(lam=0.3, beta=2.0, tau=2, gamma=0.25, deepaugment=None)
+    own = {"st": {}, "sat": {}, "trades": {"beta": 2.0}, "fat": {"tau": 2}, "trades_fat": {"beta": 2.0, "tau": 2},
+           "nofrost": {"lam": 0.3}, "nofrost_star": {"deepaugment": None}, "mbnat": {"lam": 0.3, "gamma": 0.25}}
+    assert set(own) == set(METHODS)
+    for name, expected in own.items():
+        method = build_method(name, ATTACK, 0.1, **knobs)
+        assert dataclasses.asdict(method) == {"attack_settings": dataclasses.asdict(ATTACK), "smoothing": 0.1,
+                                              **expected}, name
+        assert method.early_stop() == (2 if name in ("fat", "trades_fat") else None), name
+
+
+def test_mbnat_evaluates_at_its_bn_mix_and_restores_the_clean_branch():
+    from fastnofrost.nn import DualBatchNorm2d
+
+    model = tiny("resnet26_dualbn_small")
+    layers = [m for m in model.modules() if isinstance(m, DualBatchNorm2d)]
+    with build_method("mbnat", ATTACK, gamma=0.25).evaluation(model):
+        assert {(m.mode, m.gamma) for m in layers} == {("mix", 0.25)}
+    assert {(m.mode, m.gamma) for m in layers} == {("clean", None)}
+    with build_method("nofrost", ATTACK).evaluation(model):  # nothing to set for the others
+        assert {(m.mode, m.gamma) for m in layers} == {("clean", None)}
 
 
 def test_mbnat_refuses_a_model_without_dual_bn():

@@ -12,8 +12,10 @@
 | ``trades_fat``| TRADES with FAT's early-stopped attack                        | beta, tau      |
 | ``nofrost``   | (1 - lambda) CE(x) + lambda CE(x*)                            | lam (0.5)      |
 | ``nofrost_star`` | (CE(x) + CE(x_hat) + CE(x*)) / 3, x_hat the augmented view | deepaugment    |
-| ``mbnat``     | (1 - lambda) CE(x | clean BN) + lambda CE(x* | adv BN)        | lam (0.5)      |
+| ``mbnat``     | (1 - lambda) CE(x | clean BN) + lambda CE(x* | adv BN)        | lam, gamma     |
 """
+import dataclasses
+
 from .base import AttackSettings, Method, StepOutput, View, couples_samples
 from .fat import FAT
 from .mbnat import MBNAT
@@ -25,17 +27,15 @@ from .trades import TRADES
 from .trades_fat import TRADESFAT
 
 METHODS = {m.name: m for m in (ST, SAT, TRADES, FAT, TRADESFAT, NoFrost, NoFrostStar, MBNAT)}
-SETTINGS = {"st": (), "sat": (), "trades": ("beta",), "fat": ("tau",), "trades_fat": ("beta", "tau"),
-            "nofrost": ("lam",), "nofrost_star": ("deepaugment",), "mbnat": ("lam",)}
 
 
 def build_method(name: str, attack: AttackSettings = AttackSettings(), smoothing: float = 0.0, **settings) -> Method:
-    """Method ``name`` (see :data:`METHODS`); ``settings`` not used by it are ignored, so one config
-    can carry every method's knobs."""
+    """Method ``name`` (see :data:`METHODS`); ``settings`` that are not its fields are ignored,
+    so one config can carry every method's knobs."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    used = {k: v for k, v in settings.items() if k in SETTINGS[name]}
-    return METHODS[name](attack, smoothing, **used)
+    own = {f.name for f in dataclasses.fields(METHODS[name])} - {"attack_settings", "smoothing"}
+    return METHODS[name](attack, smoothing, **{k: v for k, v in settings.items() if k in own})
 
 
 __all__ = ["METHODS", "build_method", "AttackSettings", "Method", "StepOutput", "View", "couples_samples"]

@@ -21,8 +21,9 @@ BatchNorm treats every sample on its own, so the clean, augmented and adversaria
 batch go through ONE forward and ONE backward (``torch.cat``); a model with BatchNorm gets one
 forward per view, so BN never normalizes clean and adversarial samples together.
 """
-from dataclasses import dataclass
-from typing import Callable, Dict, NamedTuple, Optional, Sequence
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Dict, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -67,18 +68,26 @@ def couples_samples(model: nn.Module) -> bool:
     return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, DualBatchNorm2d)) for m in model.modules())
 
 
+@dataclass
 class Method:
-    """Base of the objectives. Subclasses set ``name`` and implement :meth:`loss`."""
-    name = "?"
-    needs_views = False       # NoFrost*: the loader must yield (x, x_aug, y)
-    needs_dual_bn = False     # MBNAT
-    separable = True          # the loss is a sum over views (weighted_views): --views sequential applies
+    """Base of the objectives: a dataclass whose fields are the method's settings (the attack,
+    label smoothing, then each subclass's own: lambda, beta, tau, ...). Subclasses set ``name``
+    and implement :meth:`loss`."""
+    name: ClassVar[str] = "?"
+    needs_views: ClassVar[bool] = False     # NoFrost*: the loader must yield (x, x_aug, y)
+    needs_dual_bn: ClassVar[bool] = False   # MBNAT
+    separable: ClassVar[bool] = True        # the loss is a sum over views (weighted_views): --views sequential applies
+    attack_settings: AttackSettings = field(default_factory=AttackSettings)
+    smoothing: float = 0.0
 
-    def __init__(self, attack: AttackSettings = AttackSettings(), smoothing: float = 0.0, **settings):
-        self.attack_settings = attack
-        self.smoothing = smoothing
-        for key, value in settings.items():
-            setattr(self, key, value)
+    def early_stop(self) -> Optional[int]:
+        """The attack's early stop (FAT's tau); None: the full PGD."""
+        return None
+
+    def evaluation(self, module: nn.Module):
+        """A context in which ``module`` is evaluated as this method means it (validation);
+        nothing to set by default (MBNAT mixes its BN branches)."""
+        return contextlib.nullcontext()
 
     def check_model(self, model: nn.Module) -> None:
         if self.needs_dual_bn and not any(isinstance(m, DualBatchNorm2d) for m in model.modules()):

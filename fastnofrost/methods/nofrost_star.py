@@ -1,15 +1,19 @@
 """NoFrost* (Wang et al. 2022): (L(x) + L(x_hat) + L(x*)) / 3 with x_hat the augmented view (the
 loader's texture-debiased view; with DeepAugment weights given, the first half of each batch's
 views also goes through DeepAugment) and x* the PGD of x."""
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
 from .base import Method, View
 
 
+@dataclass
 class NoFrostStar(Method):
     name = "nofrost_star"
     needs_views = True
-    deepaugment = None  # a fastnofrost.data.deepaugment.DeepAugment, or None
+    deepaugment: Optional[object] = None  # a fastnofrost.data.deepaugment.DeepAugment, or None
 
     def augmented(self, x_aug):
         if self.deepaugment is None:

@@ -1,7 +1,10 @@
 """ST: standard training, CE on the clean batch (the clean-accuracy ceiling, no attack)."""
+from dataclasses import dataclass
+
 from .base import Method, View
 
 
+@dataclass
 class ST(Method):
     name = "st"
 

@@ -5,8 +5,9 @@
 ``torch.ops.fastnofrost.ws_grouped_forward(weights, gains, scales, eps) -> (flat, mean, rstd)``
 (an empty tensor in ``gains`` for a weight without a gain: a schema list of optional tensors
 would not be differentiable) writes every standardized weight into one flat buffer, weight
-after weight, each in the memory order of its weight (a weight must be row-dense: each output channel one dense block, as in
-contiguous and channels_last weights); ``mean`` / ``rstd`` cover all rows of all weights.
+after weight, each in the memory order of its weight (a weight must be row-dense: each output
+channel one dense block, as in contiguous and channels_last weights); ``mean`` / ``rstd``
+cover all rows of all weights.
 The backward (``ws_grouped_backward(grads, ...)``) reads one gradient per weight, each where
 autograd left it, and returns one flat weight gradient and one gain-gradient vector; autograd
 hands each weight and gain its piece. :func:`grouped_forward` + :func:`attach` (what the public

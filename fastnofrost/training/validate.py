@@ -10,16 +10,16 @@ import torch
 
 from ..attacks import pgd
 from ..attacks.base import Precision
-from ..nn import set_bn_mode, weight_group
+from ..nn import weight_group
 from .. import distributed
 
 
-def validate(module, loader, *, eps, steps, examples, precision, device, mbnat_gamma=None, compile_step=False) -> dict:
-    """{'clean': %, 'robust': %, 'n_clean': n, 'n_robust': n} over every rank."""
+def validate(module, loader, *, eps, steps, examples, precision, device, evaluation=None,
+             compile_step=False) -> dict:
+    """{'clean': %, 'robust': %, 'n_clean': n, 'n_robust': n} over every rank. ``evaluation``:
+    the method's evaluation context for the module (``Method.evaluation``: MBNAT's BN mix)."""
     was_training = module.training
     module.eval()
-    if mbnat_gamma is not None:
-        set_bn_mode(module, "mix", mbnat_gamma)
     limit = math.ceil(examples / distributed.world_size()) if examples else math.inf
     clean = torch.zeros((), dtype=torch.int64, device=device)
     robust = torch.zeros_like(clean)
@@ -28,20 +28,19 @@ def validate(module, loader, *, eps, steps, examples, precision, device, mbnat_g
     prec = Precision(precision)
     group = weight_group(module)
     try:
-        for x, y in loader:
-            with torch.no_grad(), group.step() if group is not None else contextlib.nullcontext():
-                clean += (prec.logits(module, x).argmax(1) == y).sum()
-                n_clean += len(y)
-                take = int(min(len(y), limit - n_robust))
-                if take > 0:
-                    with torch.enable_grad():
-                        x_adv = pgd(module, x[:take], y[:take], eps, steps, precision=precision,
-                                    compile_step=compile_step)
-                    robust += (prec.logits(module, x_adv).argmax(1) == y[:take]).sum()
-                    n_robust += take
+        with evaluation(module) if evaluation is not None else contextlib.nullcontext():
+            for x, y in loader:
+                with torch.no_grad(), group.step() if group is not None else contextlib.nullcontext():
+                    clean += (prec.logits(module, x).argmax(1) == y).sum()
+                    n_clean += len(y)
+                    take = int(min(len(y), limit - n_robust))
+                    if take > 0:
+                        with torch.enable_grad():
+                            x_adv = pgd(module, x[:take], y[:take], eps, steps, precision=precision,
+                                        compile_step=compile_step)
+                        robust += (prec.logits(module, x_adv).argmax(1) == y[:take]).sum()
+                        n_robust += take
     finally:
-        if mbnat_gamma is not None:
-            set_bn_mode(module, "clean")
         module.train(was_training)
     clean, n_clean, robust, n_robust = distributed.all_sum([clean, n_clean, robust, n_robust], device)
     return {"clean": 100 * clean / max(n_clean, 1), "robust": 100 * robust / max(n_robust, 1),
