@@ -13,6 +13,7 @@ Around it: the recipe's SGD + cosine schedule, DeepSpeed's data parallelism, ZeR
 resume, validation (clean + PGD), logs, plots and a summary.
 """
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from fastnofrost.models import create_model
 from fastnofrost.nn import group_weights
 from fastnofrost import distributed
 from fastnofrost.training.checkpoint import Checkpoints, save_weights
-from fastnofrost.training.engine import build_optimizer, deepspeed_config, param_groups, resolve
+from fastnofrost.training.engine import build_optimizer, deepspeed_config, micro_batch, param_groups, resolve
 from fastnofrost.training.finite import LossWatch, TrainingError, check_weights
 from fastnofrost.training.host import keep_large_buffers
 from fastnofrost.training.logger import RunLog, plot, summary_table
@@ -51,71 +52,114 @@ def _deepaugment(cfg, device):
     return DeepAugment.from_files(cfg.deepaugment_edsr, cfg.deepaugment_cae, device=device, seed=cfg.seed)
 
 
-class Trainer:
-    def __init__(self, cfg: TrainConfig, device: torch.device):
-        import deepspeed
+@dataclasses.dataclass
+class RunState:
+    """What a checkpoint carries besides DeepSpeed's own state: where the run is and what its
+    validations found."""
+    epoch: int = 0               # epochs finished
+    batch: int = 0               # micro-batches of the current epoch done
+    best_clean: float = -1.0
+    best_robust: float = -1.0
+    val: list = dataclasses.field(default_factory=list)  # one dict per validation
 
+    @classmethod
+    def from_checkpoint(cls, saved: dict) -> "RunState":
+        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls)})  # not DeepSpeed's own keys
+
+
+class Trainer:
+    """One training run. ``__init__`` builds its parts in an order that matters: the run folder
+    is checked before anything is written, the signal handlers come before the loaders fork,
+    and the two seeds (one model initialisation for every rank, then per-rank randomness)."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg, self.device = cfg, device
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.precision, backend, channels_last, self.compile_level = resolve(cfg, device)
-        if not cfg.resume and os.path.exists(os.path.join(cfg.run_dir, "checkpoints")):
-            raise ConfigError(f"{cfg.run_dir} already holds a run: pass --resume to continue it, or a new --out")
-        distributed.barrier()  # every rank checked before rank 0 creates the folder
+        self._check_run_dir()
         self.log = RunLog(cfg.run_dir, self.rank == 0, cfg.tensorboard, cfg.progress)
         self.preemption = Preemption()  # before the loaders fork their workers
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-
-        micro = cfg.batch_size // (self.world * cfg.grad_accum)
-        self.method = build_method(
-            cfg.method, AttackSettings(cfg.eps_pixels, cfg.steps, cfg.alpha_pixels, self.precision,
-                                       attack_compile_step(self.compile_level, device.type)),
-            cfg.smoothing, lam=cfg.lam, beta=cfg.beta, tau=cfg.tau, gamma=cfg.mbnat_gamma,
-            deepaugment=_deepaugment(cfg, device))
-        common = dict(backend=backend, image_size=cfg.image_size, rank=self.rank, world_size=self.world,
-                      seed=cfg.seed, channels_last=channels_last, device=device, workers=cfg.workers)
-        self.train_loader = build_loader(cfg.data, batch_size=micro, train=True, subset=cfg.train_examples,
-                                         nofrost_star=self.method.needs_views, **common)
-        self.val_loader = build_loader(cfg.data, batch_size=micro, train=False, subset=cfg.val_split_examples,
-                                       **common) if cfg.val_every else None
-        self.steps_per_epoch = len(self.train_loader) // cfg.grad_accum
-        if self.steps_per_epoch < 1:
-            raise ConfigError(f"an epoch has {len(self.train_loader)} micro-batches per rank, fewer than "
-                              f"--grad-accum {cfg.grad_accum}: no optimizer step")
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        if cfg.max_steps:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
-
-        model = create_model(cfg.model, num_classes=self.train_loader.num_classes, width=cfg.width,
-                             drop_rate=cfg.drop, drop_path_rate=cfg.drop_path)
-        self.method.check_model(model)
-        model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        self.method = self._build_method()
+        self.train_loader, self.val_loader = self._build_loaders(backend, channels_last)
+        self.steps_per_epoch, self.total_steps = self._schedule()
+        model = self._build_model(channels_last)
         # NF models: every WS layer standardized by one op, once per micro-batch (--ws per-layer: per use)
         self.group = group_weights(model) if cfg.ws == "grouped" else None
         torch.manual_seed(cfg.seed * 1000 + 1 + self.rank)  # dropout, drop-path, attacks: per rank
-        ds_config = deepspeed_config(cfg, self.world, self.precision)
-        groups = param_groups(cfg, model)
-        warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
-        factor = cosine_with_warmup(cfg.epochs * self.steps_per_epoch, warmup)
-        self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=groups, optimizer=build_optimizer(cfg, groups, device, ds_config),
-            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor), config=ds_config)
-        if self.compile_level == "full":
-            self.engine.compile()  # module.compile(): inductor for every forward and its backward, ZeRO hooks eager
+        self.engine, self.scheduler = self._build_engine(model)
         self.checkpoints = Checkpoints(os.path.join(cfg.run_dir, "checkpoints"), cfg.keep_last)
-        self.state = {"epoch": 0, "batch": 0, "best_clean": -1.0, "best_robust": -1.0, "val": []}
+        self.state = RunState()
         # non-finite losses: read at log boundaries and saves (fp16: every step, to skip the batch)
         self.watch = LossWatch(device, skip_non_finite=self.precision == "fp16", say=self.log.info)
         self.started = time.time()
         self.images = 0
 
+    # ------------------------------------------------------------------ builders
+    def _check_run_dir(self) -> None:
+        cfg = self.cfg
+        if not cfg.resume and os.path.exists(os.path.join(cfg.run_dir, "checkpoints")):
+            raise ConfigError(f"{cfg.run_dir} already holds a run: pass --resume to continue it, or a new --out")
+        distributed.barrier()  # every rank checked before rank 0 creates the folder
+
+    def _build_method(self):
+        cfg = self.cfg
+        attack = AttackSettings(cfg.eps_pixels, cfg.steps, cfg.alpha_pixels, self.precision,
+                                attack_compile_step(self.compile_level, self.device.type))
+        return build_method(cfg.method, attack, cfg.smoothing, lam=cfg.lam, beta=cfg.beta, tau=cfg.tau,
+                            gamma=cfg.mbnat_gamma, deepaugment=_deepaugment(cfg, self.device))
+
+    def _build_loaders(self, backend: str, channels_last: bool):
+        """(train loader, validation loader or None), each of this rank's micro-batches."""
+        cfg = self.cfg
+        common = dict(backend=backend, image_size=cfg.image_size, rank=self.rank, world_size=self.world,
+                      seed=cfg.seed, channels_last=channels_last, device=self.device, workers=cfg.workers,
+                      batch_size=micro_batch(cfg, self.world))
+        train = build_loader(cfg.data, train=True, subset=cfg.train_examples, nofrost_star=self.method.needs_views,
+                             **common)
+        val = build_loader(cfg.data, train=False, subset=cfg.val_split_examples, **common) if cfg.val_every else None
+        return train, val
+
+    def _schedule(self):
+        """(optimizer steps per epoch, optimizer steps of the run)."""
+        cfg = self.cfg
+        per_epoch = len(self.train_loader) // cfg.grad_accum
+        if per_epoch < 1:
+            raise ConfigError(f"an epoch has {len(self.train_loader)} micro-batches per rank, fewer than "
+                              f"--grad-accum {cfg.grad_accum}: no optimizer step")
+        total = cfg.epochs * per_epoch
+        return per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
+
+    def _build_model(self, channels_last: bool) -> torch.nn.Module:
+        cfg = self.cfg
+        model = create_model(cfg.model, num_classes=self.train_loader.num_classes, width=cfg.width,
+                             drop_rate=cfg.drop, drop_path_rate=cfg.drop_path)
+        self.method.check_model(model)
+        return model.to(self.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    def _build_engine(self, model: torch.nn.Module):
+        """(DeepSpeed engine, lr scheduler): the optimizer and cosine schedule the flags describe."""
+        import deepspeed
+
+        cfg = self.cfg
+        ds_config = deepspeed_config(cfg, self.world, self.precision)
+        groups = param_groups(cfg, model)
+        warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        factor = cosine_with_warmup(cfg.epochs * self.steps_per_epoch, warmup)
+        engine, _, _, scheduler = deepspeed.initialize(
+            model=model, model_parameters=groups, optimizer=build_optimizer(cfg, groups, self.device, ds_config),
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor), config=ds_config)
+        if self.compile_level == "full":
+            engine.compile()  # module.compile(): inductor for every forward and its backward, ZeRO hooks eager
+        return engine, scheduler
+
     # ------------------------------------------------------------------ run
     def fit(self) -> dict:
         cfg = self.cfg
         if cfg.resume:
-            saved = self.checkpoints.load(self.engine)
-            self.state.update({key: saved[key] for key in self.state})  # not DeepSpeed's own keys
-            self.log.info(f"resumed from step {self.engine.global_steps} (epoch {self.state['epoch'] + 1}, "
-                          f"batch {self.state['batch']})")
+            self.state = RunState.from_checkpoint(self.checkpoints.load(self.engine))
+            self.log.info(f"resumed from step {self.engine.global_steps} (epoch {self.state.epoch + 1}, "
+                          f"batch {self.state.batch})")
         elif self.rank == 0:
             with open(os.path.join(cfg.run_dir, "config.json"), "w") as fh:
                 json.dump({**cfg.to_dict(), "precision_resolved": self.precision, "world_size": self.world}, fh,
@@ -126,7 +170,7 @@ class Trainer:
                       f"compile {self.compile_level}, {cfg.views} views, {cfg.ws} WS")
         try:
             while self._more_to_do():
-                self._epoch(self.state["epoch"])
+                self._epoch(self.state.epoch)
                 if self._more_to_do():
                     self._stop_if_preempted(save=False)  # the epoch's own checkpoint was just written
         except Preempted:
@@ -137,7 +181,7 @@ class Trainer:
         return self._finish()
 
     def _more_to_do(self) -> bool:
-        return self.state["epoch"] < self.cfg.epochs and self.engine.global_steps < self.total_steps
+        return self.state.epoch < self.cfg.epochs and self.engine.global_steps < self.total_steps
 
     def _stop_if_preempted(self, save: bool) -> None:
         """After a SIGTERM / SIGUSR1 on any rank: every rank writes the checkpoint (unless one
@@ -150,7 +194,7 @@ class Trainer:
 
     def _epoch(self, epoch: int) -> None:
         cfg, engine = self.cfg, self.engine
-        start = self.state["batch"]
+        start = self.state.batch
         n_micro = self.steps_per_epoch * cfg.grad_accum
         self.train_loader.set_epoch(epoch, start)
         self.engine.train()
@@ -176,26 +220,26 @@ class Trainer:
             if not boundary:
                 continue
             step = engine.global_steps
-            self.state["batch"] = index + 1
+            self.state.batch = index + 1
             postfix = None
-            if step % cfg.log_every == 0 or self.state["batch"] == n_micro:
+            if step % cfg.log_every == 0 or self.state.batch == n_micro:
                 self.watch.check()
                 postfix = self._log_train(interval, step, epoch)
                 interval = _Interval(self.device)
             self.log.advance(postfix)
             if step >= self.total_steps:
                 break
-            if self.state["batch"] < n_micro:  # an epoch's last step: its validation and save come first
+            if self.state.batch < n_micro:  # an epoch's last step: its validation and save come first
                 self._stop_if_preempted(save=True)
-            if cfg.save_every and step % cfg.save_every == 0 and self.state["batch"] < n_micro:
+            if cfg.save_every and step % cfg.save_every == 0 and self.state.batch < n_micro:
                 self._save()
         self.log.end_epoch()
         self.watch.check()
         self.train_loader.report()
-        finished_epoch = self.state["batch"] >= n_micro
+        finished_epoch = self.state.batch >= n_micro
         if finished_epoch:
-            self.state["epoch"], self.state["batch"] = epoch + 1, 0
-        last = self.state["epoch"] >= cfg.epochs or engine.global_steps >= self.total_steps
+            self.state.epoch, self.state.batch = epoch + 1, 0
+        last = self.state.epoch >= cfg.epochs or engine.global_steps >= self.total_steps
         if self.val_loader is not None and (last or (finished_epoch and (epoch + 1) % cfg.val_every == 0)):
             self._validate(epoch)
         self._save()
@@ -232,13 +276,13 @@ class Trainer:
                           evaluation=self.method.evaluation,
                           compile_step=self.method.attack_settings.compile_step)
         result.update(epoch=epoch, step=self.engine.global_steps, seconds=time.time() - t0)
-        self.state["val"].append(result)
+        self.state.val.append(result)
         self.log.record("val", **result)
         self.log.info(f"epoch {epoch + 1}: validation clean {result['clean']:.2f}% ({result['n_clean']}), "
                       f"PGD-{cfg.val_steps} {result['robust']:.2f}% ({result['n_robust']})")
         for key in ("clean", "robust"):
-            if result[key] > self.state[f"best_{key}"]:
-                self.state[f"best_{key}"] = result[key]
+            if result[key] > getattr(self.state, f"best_{key}"):
+                setattr(self.state, f"best_{key}", result[key])
                 if self.rank == 0:
                     save_weights(self.engine.module, os.path.join(cfg.run_dir, f"best_{key}.safetensors"))
         if self.rank == 0:
@@ -247,18 +291,18 @@ class Trainer:
     def _save(self) -> None:
         self.watch.check()
         check_weights(self.engine.module, self.engine.global_steps)
-        self.checkpoints.save(self.engine, f"step{self.engine.global_steps}", dict(self.state))
+        self.checkpoints.save(self.engine, f"step{self.engine.global_steps}", dataclasses.asdict(self.state))
 
     def _finish(self) -> dict:
         cfg = self.cfg
         if self.rank == 0:
             save_weights(self.engine.module, os.path.join(cfg.run_dir, "final.safetensors"))
         seconds = time.time() - self.started
-        last = self.state["val"][-1] if self.state["val"] else {}
+        last = self.state.val[-1] if self.state.val else {}
         summary = {"method": cfg.method, "model": cfg.model, "data": cfg.data, "steps": self.engine.global_steps,
-                   "epochs": self.state["epoch"], "wall_s": seconds, "img_s": self.images / max(seconds, 1e-9),
+                   "epochs": self.state.epoch, "wall_s": seconds, "img_s": self.images / max(seconds, 1e-9),
                    "clean": last.get("clean"), "robust": last.get("robust"),
-                   "best_clean": self.state["best_clean"], "best_robust": self.state["best_robust"],
+                   "best_clean": self.state.best_clean, "best_robust": self.state.best_robust,
                    "world_size": self.world, "ranks_in_sync": distributed.in_sync(self.engine.module),
                    "compile": self.compile_level, "views": cfg.views, "ws": cfg.ws, **compile_counts(self.compile_level),
                    "run_dir": cfg.run_dir}

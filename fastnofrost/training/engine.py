@@ -27,9 +27,15 @@ def resolve(cfg: TrainConfig, device: torch.device):
     return precision, backend, channels_last, level
 
 
+def micro_batch(cfg: TrainConfig, world: int) -> int:
+    """Samples per rank per forward: the global batch over ranks and accumulation steps (the
+    config checks that it divides)."""
+    return cfg.batch_size // (world * cfg.grad_accum)
+
+
 def deepspeed_config(cfg: TrainConfig, world: int, precision: str) -> dict:
     """The DeepSpeed config the flags describe, or ``--deepspeed-config`` checked against them."""
-    micro = cfg.batch_size // (world * cfg.grad_accum)
+    micro = micro_batch(cfg, world)
     if cfg.deepspeed_config:
         with open(cfg.deepspeed_config) as fh:
             ds = json.load(fh)
