@@ -6,11 +6,11 @@ lambda CE(x*) (lambda 0.5, label smoothing 0.1), backward and an SGD Nesterov st
 optimizer); K = 0 is plain ST, CE(x). The model trains as in the recipe (dropout 0.25,
 drop-path 0.1). Engines:
 
-  ours        the library path: build_method('nofrost' | 'st', AttackSettings(...)) called as
+  ours        the library path: build_method('nofrost' | 'st', PGD(...)) called as
               method(forward, model, x, y) inside the model's WeightGroup step (train.py's
               --ws grouped: every weight standardized by one op, once per step): fused ops,
               no weight gradients in the loop, clean + adversarial halves in one forward; bf16 autocast and
-              channels_last on CUDA (fp32 on CPU); --compile adds AttackSettings.compile_step
+              channels_last on CUDA (fp32 on CPU); --compile adds PGD.compile_step
   ours-full   ours as train.py --compile full runs it: the attack step compiled (CUDA graphs on
               CUDA) and the model's training forward and backward compiled (module.compile())
   ours-sequential  ours with train.py's --views sequential: the clean view's backward before
@@ -45,8 +45,6 @@ jobs, OMP_NUM_THREADS=1 avoids OpenMP spin-waits that slow every engine several 
 import argparse
 import contextlib
 import dataclasses
-import functools
-import importlib
 import json
 import os
 import resource
@@ -54,8 +52,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Optional, Tuple
-from unittest import mock
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -64,13 +61,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench_attack import describe_device  # benchmarks/ is on sys.path when run as a script
 from official import naive_attack_step, official_model, official_optimizer, official_step
 from results_io import save_result, set_allocator
-from fastnofrost import ops
-from fastnofrost.attacks import default_alpha
-from fastnofrost.attacks.base import Precision, attack_compile_step, attack_mode
+from fastnofrost.attacks import PGD, attack_mode, default_alpha
+from fastnofrost.attacks.base import Precision, attack_compile_step
 from fastnofrost.config import TrainConfig
-from fastnofrost.methods import AttackSettings, build_method
+from fastnofrost.methods import build_method
 from fastnofrost.models import create_model
-from fastnofrost.nn import ScaledStdConv2d, StdConv2d, group_weights, weight_group
+from fastnofrost.nn import group_weights, set_ws_backend, weight_group
 from fastnofrost.training.engine import build_optimizer, param_groups, resolve
 
 RECIPE = TrainConfig()  # the official recipe's defaults
@@ -133,10 +129,11 @@ def flop_floor(k: int, fwd: float, igrad: float, wgrad: float) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    """How an engine of ours runs: precision of the training forward and of the attack,
-    AttackSettings.compile_step, memory format, WS backend, whether the model itself is
-    compiled (train.py --compile full), the views (--views), grouped or per-layer WS (--ws) and
-    library pieces swapped out."""
+    """How an engine of ours runs: precision of the training forward and of the attack, the
+    attack's compile_step, memory format, WS backend, whether the model itself is compiled
+    (train.py --compile full), the views (--views), grouped or per-layer WS (--ws), and the
+    library's ablation switches: the attack's ``cache_weights``, ``weight_grads`` and step
+    ``backend`` (fields of fastnofrost.attacks.PGD) and the method's ``one_pass``."""
     precision: str
     compile_step: object
     channels_last: bool
@@ -144,95 +141,26 @@ class Setup:
     compile_model: bool = False
     views: str = "concat"
     ws: str = "grouped"
-    patches: Tuple[Callable, ...] = ()
+    cache_weights: bool = True
+    weight_grads: bool = False
+    step_backend: str = "fused"
+    one_pass: bool = True
 
     def but(self, **changes) -> "Setup":
         return dataclasses.replace(self, **changes)
-
-    def patched(self, patch) -> "Setup":
-        return self.but(patches=self.patches + (patch,))
-
-
-_pgd = importlib.import_module("fastnofrost.attacks.pgd")       # the attack loop's module namespace
-_base = importlib.import_module("fastnofrost.methods.base")      # the methods' shared code
-_std_conv = importlib.import_module("fastnofrost.nn.std_conv")   # the WS layers
-
-
-@contextlib.contextmanager
-def no_ws_cache():
-    """The attack standardizes every weight at every step (attack_mode(cache_weights=False)); a
-    compiled step then standardizes inside its graph."""
-    def uncached_compiled(model, compile_step, precision, device_type):
-        return model if compile_step is False else torch.compile(
-            model, mode=None if compile_step is True else compile_step)
-
-    with mock.patch.object(_pgd, "attack_mode", lambda model: attack_mode(model, cache_weights=False)), \
-            mock.patch.object(_pgd, "compiled", uncached_compiled):
-        yield
-
-
-@contextlib.contextmanager
-def _attack_mode_with_param_grads(model):
-    """attack_mode (eval, cached WS) with the trainable parameters left requiring grad."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    with attack_mode(model):
-        for p in trainable:
-            p.requires_grad_(True)
-        yield model
-
-
-@contextlib.contextmanager
-def weight_grads_in_loop():
-    """Parameters keep requires_grad in the attack and every step differentiates w.r.t. them as
-    well as x_adv (as loss.backward() would; the weight gradients are then dropped), so the
-    weight-gradient convolutions run K times. The standardized weights are still computed once
-    (cached, turned into leaves requiring grad), so no WS backward is added."""
-    cached_weight = _std_conv.cached_weight
-    leaves = {}  # layer -> its cached standardized weight
-
-    def cached_leaf(layer, compute):
-        if torch.compiler.is_compiling():  # a compiled step reads the leaves fill_cache made eagerly
-            return cached_weight(layer, compute)
-        leaves[layer] = cached_weight(layer, compute).requires_grad_(True)
-        return leaves[layer]
-
-    def input_and_weight_gradients(forward, x_adv, objective, precision):  # attacks.base.input_gradient's twin
-        x_adv.requires_grad_(True)
-        logits = precision.logits(forward, x_adv)
-        values = objective(logits)
-        weights = [p for p in forward.parameters() if p.requires_grad] + list(leaves.values())
-        grad, *_ = torch.autograd.grad(values.sum() * precision.loss_scale, [x_adv, *weights], allow_unused=True)
-        return values.detach(), logits.detach(), grad
-
-    with mock.patch.object(_pgd, "attack_mode", _attack_mode_with_param_grads), \
-            mock.patch.object(_pgd, "input_gradient", input_and_weight_gradients), \
-            mock.patch.object(_std_conv, "cached_weight", cached_leaf):
-        yield
-
-
-def two_forwards():
-    """Clean and adversarial halves in two forwards, as for a BatchNorm model."""
-    return mock.patch.object(_base, "couples_samples", lambda module: True)
-
-
-@contextlib.contextmanager
-def unfused_pgd():
-    """Random start and PGD step by eager torch ops (the ops' backend='reference')."""
-    with mock.patch.object(_pgd, "pgd_step_", functools.partial(ops.pgd_step_, backend="reference")), \
-            mock.patch.object(_pgd, "pgd_random_start", functools.partial(ops.pgd_random_start, backend="reference")):
-        yield
 
 
 ABLATIONS = {  # name: (what is removed, Setup -> Setup, or None where ours does not use it)
     "per-layer-ws": ("grouped WS once per step: one WS op per layer and use (--ws per-layer)",
                      lambda s: s.but(ws="per-layer")),
-    "no-ws-cache": ("WS cached per attack: per layer, standardize every PGD step",
-                    lambda s: s.patched(no_ws_cache).but(ws="per-layer")),
-    "weight-grads": ("no weight grads in the loop: params require grad, each step differentiates them",
-                     lambda s: s.patched(weight_grads_in_loop)),
-    "two-forwards": ("one clean+adv forward: two forwards", lambda s: s.patched(two_forwards)),
-    "unfused-pgd": ("fused PGD ops: random start and step in eager torch", lambda s: s.patched(unfused_pgd)),
-    "unfused-ws": ("fused WS kernel: layers' backend='reference' (per layer)",
+    "no-ws-cache": ("WS cached per attack: per layer, standardize every PGD step (PGD(cache_weights=False))",
+                    lambda s: s.but(cache_weights=False, ws="per-layer")),
+    "weight-grads": ("no weight grads in the loop: each step also differentiates every parameter and "
+                     "standardized weight (PGD(weight_grads=True))", lambda s: s.but(weight_grads=True)),
+    "two-forwards": ("one clean+adv forward: two forwards (Method one_pass=False)", lambda s: s.but(one_pass=False)),
+    "unfused-pgd": ("fused PGD ops: random start and step in eager torch (PGD(backend='reference'))",
+                    lambda s: s.but(step_backend="reference")),
+    "unfused-ws": ("fused WS kernel: layers' backend='reference' (per layer, nn.set_ws_backend)",
                    lambda s: s.but(ws_backend="reference", ws="per-layer")),
     "fp32": ("bf16 autocast: fp32", lambda s: None if s.precision == "fp32" else s.but(precision="fp32")),
     "no-compile": ("compiled attack step: eager", lambda s: s.but(compile_step=False) if s.compile_step else None),
@@ -291,8 +219,9 @@ def ours_step(model, optimizer, setup: Setup, k: int, device: str):
     """One library training step, as train.py runs one: inside the model's WeightGroup step
     (grouped WS), method(forward, model, x, y), backward (sequential views: one per view, inside
     the method), SGD step."""
-    attack = AttackSettings(eps=EPS, steps=k, precision=setup.precision, compile_step=setup.compile_step)
-    method = build_method("nofrost" if k else "st", attack, smoothing=SMOOTHING, lam=LAMBDA)
+    attack = PGD(eps=EPS, steps=max(k, 1), precision=setup.precision, compile_step=setup.compile_step,  # ST: unused
+                 cache_weights=setup.cache_weights, weight_grads=setup.weight_grads, backend=setup.step_backend)
+    method = build_method("nofrost" if k else "st", attack, smoothing=SMOOTHING, lam=LAMBDA, one_pass=setup.one_pass)
     forward = autocast_forward(model, setup.precision, device)
     group = weight_group(model)
     sequential = setup.views == "sequential"
@@ -304,8 +233,6 @@ def ours_step(model, optimizer, setup: Setup, k: int, device: str):
 
     def step(x, y):
         with contextlib.ExitStack() as stack:
-            for patch in setup.patches:
-                stack.enter_context(patch())
             model.train()
             optimizer.zero_grad(set_to_none=True)
             if group is not None:
@@ -315,13 +242,6 @@ def ours_step(model, optimizer, setup: Setup, k: int, device: str):
                 out.loss.backward()
         optimizer.step()
     return step
-
-
-def set_ws_backend(model, backend: str) -> None:
-    """Every WS layer's backend ('fused' or 'reference')."""
-    for layer in model.modules():
-        if isinstance(layer, (ScaledStdConv2d, StdConv2d)):
-            layer.backend = backend
 
 
 # ------------------------------------------------------------------ measuring
@@ -551,8 +471,7 @@ def results_record(args, setups, flops, rows, complete: bool) -> dict:
     """The JSON record: device, config, engines, FLOPs, floors, rows (with ratios) and goals."""
     add_ratios(rows, flops)
     engines = {name: (BASELINES[name].__doc__.split("\n\n")[0] if setup is None else
-                      dict(dataclasses.asdict(setup), patches=[p.__name__ for p in setup.patches],
-                           removes=ABLATIONS[name][0] if name in ABLATIONS else None))
+                      dict(dataclasses.asdict(setup), removes=ABLATIONS[name][0] if name in ABLATIONS else None))
                for name, setup in setups.items()}
     ks = sorted({r["k"] for r in rows} | set(args.ks))
     memory = ("cuda max_memory_allocated after warm-up" if args.device == "cuda" else
@@ -594,7 +513,7 @@ def parse_args(argv):
                         "apply) or any of "
                         + ", ".join(ABLATIONS))
     p.add_argument("--compile", action="store_true",
-                   help="compile the attack step (AttackSettings.compile_step: 'reduce-overhead' on cuda)")
+                   help="compile the attack step (PGD.compile_step: 'reduce-overhead' on cuda)")
     p.add_argument("--quick", action="store_true", help="tiny model, batch and K: a smoke test")
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                    help="one process per config (default: on CPU, not with --quick); gives per-config peak RSS")

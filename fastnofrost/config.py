@@ -190,8 +190,6 @@ def _problems(c: TrainConfig, world_size: int) -> List[str]:
         need(path is None or os.path.isfile(path), f"--{path_field.replace('_', '-')} {path} does not exist")
     need(c.method == "nofrost_star" or (c.deepaugment_edsr is None and c.deepaugment_cae is None),
          "--deepaugment-edsr / --deepaugment-cae only apply to --method nofrost_star")
-    if c.method == "mbnat" and c.model in list_models():
-        need("dualbn" in c.model, f"--method mbnat needs a dual-BN model (for example resnet50_dualbn), got {c.model}")
     return bad
 
 

@@ -24,13 +24,13 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from . import __version__, distributed
-from .attacks import APGD, RayS, Square
+from .attacks import PRECISIONS
 from .attacks.autoattack import check_standard_classes
-from .attacks.base import attack_compile_step
+from .attacks.base import COMPILE_LEVELS, attack_compile_step
 from .data import DATASETS
 from .data.shard import merge
 from .metrics import margin, thickness
-from .evaluation.attacks import DEFAULT_ATTACKS, AttackSettings, build_attacks, check_names
+from .evaluation.attacks import BUDGETS, DEFAULT_ATTACKS, MENU, AttackSettings, build_attacks, check_names
 from .evaluation.data import Examples, validation_loader
 from .evaluation.properties import build_metrics, check_metric_names
 from .evaluation.report import build_report, to_markdown, write_report
@@ -39,15 +39,21 @@ from .evaluation.shift import (TITLES, check_outputs, class_index_of_folder, eva
                                read_class_index)
 
 
-def evaluate(model, data, attacks: Sequence[str] = DEFAULT_ATTACKS, *, eps: float = 8 / 255, steps: int = 20,
-             apgd_steps: int = APGD.steps, rays_queries: int = RayS.queries, square_queries: int = Square.queries,
-             seed: int = 0, precision: str = "fp32", batch_size: int = 128, n_examples: Optional[int] = None,
+EVAL_COMPILE_LEVELS = tuple(level for level in COMPILE_LEVELS if level != "full")  # no training step here
+
+
+def evaluate(model, data, attacks: Sequence[str] = DEFAULT_ATTACKS, *, eps: float = AttackSettings.eps,
+             seed: int = AttackSettings.seed, precision: str = AttackSettings.precision,
+             batch_size: int = AttackSettings.batch_size, n_examples: Optional[int] = None,
              compile_level: str = "none", metrics: Sequence[str] = (),
              metric_settings: Optional[Dict[str, dict]] = None, device=None,
-             progress: bool = True, meta: Optional[dict] = None) -> dict:
+             progress: bool = True, meta: Optional[dict] = None, **budgets: int) -> dict:
     """Robust accuracy of ``model`` under ``attacks`` (clean is always measured) and the
     ``metrics`` ('thickness', 'margin', 'smoothness'), as the report dict (see
-    :func:`fastnofrost.evaluation.report.build_report`).
+    :func:`fastnofrost.evaluation.report.build_report`). ``budgets``: the attacks' budget
+    settings (``steps`` = 20 for PGD-20, ``apgd_steps``, ``rays_queries``, ``square_queries``:
+    :data:`~fastnofrost.evaluation.attacks.BUDGETS`), defaults as
+    :class:`~fastnofrost.evaluation.attacks.AttackSettings`.
 
     ``data``: tensors ``(x, y)`` (pixels in [0, 1], int64 labels) or a loader of (x, y) batches;
     ``n_examples``: N examples spread over ``data`` (tensors) or the first N of the loader's
@@ -57,12 +63,16 @@ def evaluate(model, data, attacks: Sequence[str] = DEFAULT_ATTACKS, *, eps: floa
     on CUDA, as training's ``--compile attack`` (standardized weights still computed once per
     attack); results equal eager.
     """
-    if compile_level not in ("none", "attack"):
+    if compile_level not in EVAL_COMPILE_LEVELS:
         raise ValueError(f"compile_level must be 'none' or 'attack' (evaluation has no training step to compile), "
                          f"got {compile_level!r}")
+    unknown = set(budgets) - set(BUDGETS)
+    if unknown:
+        raise TypeError(f"evaluate() got unknown setting(s) {', '.join(sorted(unknown))}; the attacks' budgets are "
+                        f"{', '.join(BUDGETS)}")
     device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
-    settings = AttackSettings(eps, steps, apgd_steps, rays_queries, square_queries, seed, precision, batch_size,
-                              compile_step=attack_compile_step(compile_level, device.type))
+    settings = AttackSettings(eps=eps, seed=seed, precision=precision, batch_size=batch_size,
+                              compile_step=attack_compile_step(compile_level, device.type), **budgets)
     chosen_attacks = build_attacks(attacks, settings)
     chosen_metrics = build_metrics(metrics, settings, metric_settings)
     model.to(device)
@@ -129,17 +139,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=4, help="data loader processes")
     p.add_argument("--n-examples", type=int, default=None,
                    help="examples spread evenly over the validation set; None: all")
-    p.add_argument("--batch-size", type=int, default=128, help="examples per attack call")
-    p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
-                   help="comma list of clean,pgd,apgd-ce,apgd-dlr,mia,cw,pgd-targeted,rays,square,aa")
-    p.add_argument("--eps", type=float, default=8.0, help="L-inf radius in 1/255 units")
-    p.add_argument("--steps", type=int, default=20, help="steps of pgd, mia, cw, pgd-targeted (PGD-20)")
-    p.add_argument("--apgd-steps", type=int, default=APGD.steps, help="iterations of apgd-ce, apgd-dlr")
-    p.add_argument("--rays-queries", type=int, default=RayS.queries, help="RayS queries per example")
-    p.add_argument("--square-queries", type=int, default=Square.queries, help="Square queries per example")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="model precision in attacks")
-    p.add_argument("--seed", type=int, default=0, help="random starts, targets, Square windows, AutoAttack")
-    p.add_argument("--compile", default="auto", choices=("auto", "none", "attack"),
+    p.add_argument("--batch-size", type=int, default=AttackSettings.batch_size, help="examples per attack call")
+    p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), help=f"comma list of {','.join(MENU)}")
+    p.add_argument("--eps", type=float, default=AttackSettings.eps * 255, help="L-inf radius in 1/255 units")
+    for budget in BUDGETS:
+        field = next(a.budget[1] for a in MENU.values() if a is not None and a.budget and a.budget[0] == budget)
+        users = [n for n, a in MENU.items() if a is not None and a.budget and a.budget[0] == budget]
+        p.add_argument(f"--{budget.replace('_', '-')}", type=int, default=getattr(AttackSettings, budget),
+                       help=f"{field} of {', '.join(users)}")
+    p.add_argument("--precision", default=AttackSettings.precision, choices=tuple(PRECISIONS),
+                   help="model precision in attacks")
+    p.add_argument("--seed", type=int, default=AttackSettings.seed,
+                   help="random starts, targets, Square windows, AutoAttack")
+    p.add_argument("--compile", default="auto", choices=("auto",) + EVAL_COMPILE_LEVELS,
                    help="attack: torch.compile the step of pgd, mia, cw, pgd-targeted (CUDA graphs on CUDA); "
                         "auto: attack on CUDA, none on CPU")
     p.add_argument("--compile-attack", dest="retired_compile_attack", help=argparse.SUPPRESS)
@@ -182,7 +194,7 @@ def check_args(args) -> None:
     need(os.path.isdir(args.data) or args.data in DATASETS,
          f"--data {args.data!r} is neither a folder nor one of {', '.join(DATASETS)}")
     need(0 < args.eps <= 255, f"--eps must be in (0, 255] (1/255 units), got {args.eps}")
-    for option in ("steps", "apgd_steps", "rays_queries", "square_queries", "batch_size", "image_size",
+    for option in (*BUDGETS, "batch_size", "image_size",
                    "thickness_steps", "margin_steps"):
         need(getattr(args, option) >= 1, f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
     for option in ("n_examples", "shift_examples", "num_classes"):
@@ -251,9 +263,9 @@ def run(args, argv: Sequence[str] = ()) -> dict:
         check_outputs(splits, class_index, classes)
     meta = {"model": args.model, "checkpoint": args.checkpoint, "data": args.data,
             "command": " ".join(["python -m fastnofrost.evaluate", *argv])}
-    report = evaluate(model, loader, args.attacks.split(","), eps=args.eps / 255, steps=args.steps,
-                      apgd_steps=args.apgd_steps, rays_queries=args.rays_queries, square_queries=args.square_queries,
-                      seed=args.seed, precision=args.precision, batch_size=args.batch_size, n_examples=n,
+    report = evaluate(model, loader, args.attacks.split(","), eps=args.eps / 255,
+                      **{budget: getattr(args, budget) for budget in BUDGETS}, seed=args.seed,
+                      precision=args.precision, batch_size=args.batch_size, n_examples=n,
                       compile_level=resolve_compile(args.compile, device), metrics=args.metrics.split(","),
                       metric_settings=metric_overrides(args),
                       device=device, progress=not args.no_progress, meta=meta)

@@ -27,10 +27,11 @@ if __name__ == "__main__" and __package__ in (None, ""):
 
 import torch
 
+from fastnofrost.attacks import PGD
 from fastnofrost.attacks.base import attack_compile_step
 from fastnofrost.config import ConfigError, TrainConfig, load_config
 from fastnofrost.data import build_loader
-from fastnofrost.methods import AttackSettings, build_method
+from fastnofrost.methods import build_method
 from fastnofrost.models import create_model
 from fastnofrost.nn import group_weights
 from fastnofrost import distributed
@@ -104,8 +105,8 @@ class Trainer:
 
     def _build_method(self):
         cfg = self.cfg
-        attack = AttackSettings(cfg.eps_pixels, cfg.steps, cfg.alpha_pixels, self.precision,
-                                attack_compile_step(self.compile_level, self.device.type))
+        attack = PGD(cfg.eps_pixels, cfg.steps, cfg.alpha_pixels, precision=self.precision,
+                     compile_step=attack_compile_step(self.compile_level, self.device.type))
         return build_method(cfg.method, attack, cfg.smoothing, lam=cfg.lam, beta=cfg.beta, tau=cfg.tau,
                             gamma=cfg.mbnat_gamma, deepaugment=_deepaugment(cfg, self.device))
 

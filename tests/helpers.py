@@ -1,9 +1,10 @@
-"""Shared test helpers: tolerances per dtype and output poisoning."""
+"""Shared test helpers: tolerances per dtype, output poisoning, an op counter."""
 import contextlib
 import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
@@ -43,3 +44,19 @@ def poisoned_outputs():
 needs_inductor_cpu = pytest.mark.skipif(
     torch.backends.cpu.get_cpu_capability() == "DEFAULT",
     reason="inductor's CPU code does not build at ATEN_CPU_CAPABILITY=default (torch's limit)")
+
+
+class CountOps(TorchDispatchMode):
+    """Counts dispatched ops by name, and convolution backwards that compute a weight gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = {}
+        self.weight_grad_convs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        self.counts[name] = self.counts.get(name, 0) + 1
+        if func is torch.ops.aten.convolution_backward.default and args[10][1]:
+            self.weight_grad_convs += 1
+        return func(*args, **(kwargs or {}))

@@ -6,13 +6,17 @@ Counts calls of Tensor.item / tolist / __bool__ / __int__ / __float__ / cpu / nu
 the trainer's epoch loop runs a step: the stack holds ``Trainer._epoch`` and none of the
 boundary work (logging, the loss watch's check, saving, validation, the loader's per-epoch set
 up and report). Each call is recorded with the innermost frame of fastnofrost or deepspeed that
-made it (the counter is benchmarks/reads.py's). Used by tests/test_train.py.
+made it (the counter is benchmarks/reads.py's). Used by tests/test_train.py. The script runs as
+``__main__`` (runpy), as ``deepspeed fastnofrost/train.py`` runs it: nothing imports train.py.
 """
 import json
 import os
+import runpy
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(REPO, "fastnofrost", "train.py")
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 from reads import ReadCounter  # noqa: E402
 
 BOUNDARY = {"_log_train", "check", "_save", "_validate", "report", "set_epoch", "start_epoch", "end_epoch"}
@@ -33,11 +37,14 @@ def where_in_step():
 
 def main():
     out, argv = sys.argv[1], sys.argv[sys.argv.index("--") + 1:]
-    from fastnofrost import train
-
+    sys.argv = [TRAIN, *argv]
     with ReadCounter(where_in_step) as counter:
         counter.active = True
-        rc = train.main(argv)
+        try:
+            runpy.run_path(TRAIN, run_name="__main__")
+            rc = 0
+        except SystemExit as done:
+            rc = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     with open(out, "w") as fh:
         json.dump({"rc": rc, "calls": dict(counter.calls)}, fh)
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastnofrost.attacks import ATTACKS, apgd, attack_loss, autoattack, get_attack, pgd, rays, square
 from fastnofrost.attacks.base import Precision, attack_mode, input_gradient
@@ -20,7 +19,7 @@ from fastnofrost.attacks.losses import Objective
 from fastnofrost.nn import ScaledStdConv2d, StdConv2d
 from fastnofrost.ops import pgd_random_start
 
-from helpers import BENCHMARKS, needs_inductor_cpu
+from helpers import BENCHMARKS, CountOps, needs_inductor_cpu
 
 sys.path.insert(0, BENCHMARKS)
 from official import official_attack, official_model  # noqa: E402  (not a package)
@@ -97,22 +96,6 @@ def assert_in_ball(x_adv, x, eps):
 
 def ws_layers(model):
     return [m for m in model.modules() if isinstance(m, (ScaledStdConv2d, StdConv2d))]
-
-
-class CountOps(TorchDispatchMode):
-    """Counts ops by name, and convolution backwards that compute a weight gradient."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts = {}
-        self.weight_grad_convs = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func.overloadpacket)
-        self.counts[name] = self.counts.get(name, 0) + 1
-        if func is torch.ops.aten.convolution_backward.default and args[10][1]:
-            self.weight_grad_convs += 1
-        return func(*args, **(kwargs or {}))
 
 
 # ------------------------------------------------------------ agreement with other implementations

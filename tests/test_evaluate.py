@@ -6,6 +6,7 @@ case, sharding and merging (also across two real processes), report files, the c
 and the distribution-shift folders (layouts, logit masking, errors).
 """
 import copy
+import dataclasses
 import json
 import os
 import socket
@@ -20,7 +21,8 @@ from PIL import Image
 
 from fastnofrost.data import build_loader
 from fastnofrost.evaluate import evaluate, main, parse_args
-from fastnofrost.evaluation.attacks import DEFAULT_ATTACKS, MENU, AttackSettings, build_attacks, check_in_ball
+from fastnofrost.evaluation.attacks import (BUDGETS, DEFAULT_ATTACKS, MENU, AttackSettings, build_attacks,
+                                            check_in_ball, kind, label)
 from fastnofrost.evaluation.data import Examples, spread_indices, spread_sharding
 from fastnofrost.data.shard import merge, shard_size
 from fastnofrost.evaluation.report import masking_warnings, to_markdown, worst_case, write_report
@@ -125,6 +127,39 @@ def test_menu_is_the_issues_and_the_default_is_honest():
     assert (settings.apgd_steps, settings.rays_queries, settings.square_queries) == (100, 10000, 5000)
     with pytest.raises(ValueError, match="unknown attack"):
         build_attacks(["pgd", "fgsm"], settings)
+
+
+def test_menu_titles_kinds_and_budgets_come_from_the_attack_declarations():
+    settings = AttackSettings(steps=7, apgd_steps=9, rays_queries=11, square_queries=13, seed=3)
+    assert BUDGETS == ("steps", "apgd_steps", "rays_queries", "square_queries")
+    assert [label(n, settings) for n in MENU] == ["Clean", "PGD-7", "APGD-CE", "APGD-DLR", "MIA", "CW", "PGD-T",
+                                                  "RayS", "Square", "AA"]
+    assert [kind(n) for n in MENU] == ["clean"] + ["white-box"] * 6 + ["black-box"] * 2 + ["ensemble"]
+    attacks = build_attacks(tuple(MENU), settings)
+    assert {n: type(a).__name__ for n, a in attacks.items()} == {
+        "pgd": "PGD", "apgd-ce": "APGD", "apgd-dlr": "APGDDLR", "mia": "MIA", "cw": "CW", "pgd-targeted": "TargetedPGD",
+        "rays": "RayS", "square": "Square", "aa": "AutoAttack"}
+    budget = {n: getattr(a, "steps", getattr(a, "queries", None)) for n, a in attacks.items()}
+    assert budget == {"pgd": 7, "apgd-ce": 9, "apgd-dlr": 9, "mia": 7, "cw": 7, "pgd-targeted": 7, "rays": 11,
+                      "square": 13, "aa": None}
+    assert (attacks["cw"].loss, attacks["mia"].decay, attacks["mia"].random_start, attacks["apgd-dlr"].loss,
+            attacks["pgd-targeted"].targeted) == ("cw", 1.0, False, "dlr", True)
+    assert {a.seed for n, a in attacks.items() if n != "rays"} == {3} and attacks["aa"].batch_size == 128
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        attacks["pgd"].eps = 0.5
+    with pytest.raises(TypeError, match="unknown setting"):
+        evaluate(nn.Linear(2, 2), (torch.rand(2, 2), torch.zeros(2, dtype=torch.long)), ("clean",), pgd_steps=3)
+
+
+def test_the_budget_flags_are_the_declared_budgets():
+    done = subprocess.run([sys.executable, "-m", "fastnofrost.evaluate", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    for budget in BUDGETS:
+        assert f"--{budget.replace('_', '-')}" in text
+    assert "steps of pgd, mia, cw, pgd-targeted (default: 20)" in text, text
+    assert "steps of apgd-ce, apgd-dlr (default: 100)" in text and "queries of square (default: 5000)" in text
 
 
 @pytest.mark.parametrize("name", [n for n in MENU if n not in ("clean", "aa")])

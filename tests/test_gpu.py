@@ -85,7 +85,8 @@ def test_grouped_step_on_cuda_has_no_sync_and_equals_per_layer():
     tolerance: the exact comparison is tests/test_grouped.py's, in float64)."""
     import copy
 
-    from fastnofrost.methods import AttackSettings, build_method
+    from fastnofrost.attacks import PGD
+    from fastnofrost.methods import build_method
     from fastnofrost.models import create_model
     from fastnofrost.nn import group_weights
 
@@ -94,7 +95,7 @@ def test_grouped_step_on_cuda_has_no_sync_and_equals_per_layer():
     grouped = copy.deepcopy(per_layer)
     group = group_weights(grouped)
     x, y = torch.rand(16, 3, 32, 32, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
-    method = build_method("nofrost", AttackSettings(eps=8 / 255, steps=3))
+    method = build_method("nofrost", PGD(eps=8 / 255, steps=3))
 
     def step(model, group=None):
         model.zero_grad(set_to_none=True)

@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from helpers import needs_inductor_cpu
-from fastnofrost.attacks import pgd
+from fastnofrost.attacks import PGD, pgd
 from fastnofrost.data import build_loader
-from fastnofrost.methods import AttackSettings, build_method
+from fastnofrost.methods import build_method
 from fastnofrost.models import create_model
 from fastnofrost.nn import ScaledStdConv2d, convert_timm, group_weights, ungroup_weights, weight_group
 
-ATTACK = AttackSettings(eps=8 / 255, steps=3)
+ATTACK = PGD(eps=8 / 255, steps=3)
 WS_OPS = ("fastnofrost::ws_forward", "fastnofrost::ws_backward", "fastnofrost::ws_grouped_forward",
           "fastnofrost::ws_grouped_backward")
 
@@ -105,7 +105,7 @@ def test_nofrost_step_of_nf_resnet50_launches_ws_twice():
     torch.manual_seed(0)
     model = create_model("nf_resnet50", num_classes=10, width=0.25).train()
     x, y = torch.rand(2, 3, 32, 32), torch.tensor([1, 7])
-    method = build_method("nofrost", AttackSettings(eps=8 / 255, steps=10))
+    method = build_method("nofrost", PGD(eps=8 / 255, steps=10))
     layers = sum(isinstance(m, ScaledStdConv2d) for m in model.modules())
     assert layers == 53
     _, per_layer = ws_calls(lambda: step(method, model, x, y))

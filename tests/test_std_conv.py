@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastnofrost.nn import ScaledStdConv2d, StdConv2d, frozen_weights
 from fastnofrost.ops import pgd_step, pgd_step_
+
+from helpers import CountOps
 
 timm_std_conv = pytest.importorskip("timm.layers.std_conv", reason="timm (dev extra) is needed for parity tests")
 
@@ -101,21 +102,10 @@ class _Net(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-class _CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.counts = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func.overloadpacket)
-        self.counts[name] = self.counts.get(name, 0) + 1
-        return func(*args, **(kwargs or {}))
-
-
 def test_frozen_weights_standardize_once_per_layer():
     net = _Net()
     x = torch.rand(2, 3, 12, 12, requires_grad=True)
-    with _CountOps() as counter:
+    with CountOps() as counter:
         with frozen_weights():
             for _ in range(5):
                 out = net(x)
@@ -124,7 +114,7 @@ def test_frozen_weights_standardize_once_per_layer():
     assert "fastnofrost.ws_backward" not in counter.counts, "a weight gradient was computed"
     assert all(p.grad is None for p in net.parameters())
     # outside the context: one standardization per layer per forward again
-    with _CountOps() as counter:
+    with CountOps() as counter:
         net(x)
         net(x)
     assert counter.counts["fastnofrost.ws_forward"] == 6

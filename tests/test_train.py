@@ -17,13 +17,14 @@ import torch.nn as nn
 from helpers import needs_inductor_cpu
 from fastnofrost.config import DEMO, ConfigError, TrainConfig, load_config, validate
 from fastnofrost.data import build_loader
-from fastnofrost.methods import METHODS, AttackSettings, build_method, couples_samples
+from fastnofrost.attacks import PGD
+from fastnofrost.methods import METHODS, build_method, couples_samples
 from fastnofrost.models import create_model
 from fastnofrost.training.logger import read_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "fastnofrost", "train.py")
-ATTACK = AttackSettings(eps=8 / 255, steps=3)
+ATTACK = PGD(eps=8 / 255, steps=3)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_methods_take_exactly_their_own_settings():
     for name, expected in own.items():
         method = build_method(name, ATTACK, 0.1, **knobs)
         assert dataclasses.asdict(method) == {"attack_settings": dataclasses.asdict(ATTACK), "smoothing": 0.1,
-                                              **expected}, name
+                                              "one_pass": True, **expected}, name
         assert method.early_stop() == (2 if name in ("fat", "trades_fat") else None), name
 
 
@@ -105,17 +106,16 @@ def test_mbnat_refuses_a_model_without_dual_bn():
 
 
 @pytest.mark.parametrize("name", ["nofrost", "trades", "nofrost_star"])
-def test_one_pass_equals_two_passes_on_normalizer_free_models(name, digits_batch, monkeypatch):
+def test_one_pass_equals_two_passes_on_normalizer_free_models(name, digits_batch):
     """The concatenated forward/backward of a normalizer-free model gives the loss and gradients
-    of separate passes (float64, no dropout: nothing couples samples)."""
+    of separate passes (the ``one_pass`` switch; float64, no dropout: nothing couples samples)."""
     x, y = digits_batch
     x, x_aug = x.double(), x.flip(3).double()
     model = tiny("nf_resnet26_small").double().train()
     assert not couples_samples(model)
-    method = build_method(name, ATTACK, smoothing=0.1)
     results = []
     for one_pass in (True, False):
-        monkeypatch.setattr("fastnofrost.methods.base.couples_samples", lambda m, flag=one_pass: not flag)
+        method = build_method(name, ATTACK, smoothing=0.1, one_pass=one_pass)
         calls = []
         def count(module, inputs, output):
             if module.training:  # training forwards only, not the attack's
@@ -201,7 +201,7 @@ def test_compile_full_equals_eager_in_float64(ws, digits_batch):
     torch._dynamo.reset()
     counters.clear()
     for name, model, compile_step in (("eager", eager, False), ("compiled", compiled, True)):
-        method = build_method("nofrost", AttackSettings(eps=8 / 255, steps=3, compile_step=compile_step),
+        method = build_method("nofrost", PGD(eps=8 / 255, steps=3, compile_step=compile_step),
                               smoothing=0.1)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         runs[name], graphs = [], []

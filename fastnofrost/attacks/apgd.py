@@ -15,13 +15,13 @@ for APGD-T too. Inputs misclassified already are returned unchanged; for the oth
 is a misclassified iterate if one was found, else the point of highest objective.
 """
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 
 from ..ops import pgd_random_start
-from .base import (check_settings, Precision, attack_mode, check_count, check_eps, check_inputs, check_labels,
-                     check_positive, input_gradient, new_generator, per_sample)
+from .base import (Attack, Precision, attack_mode, check_count, check_inputs, check_labels, check_positive,
+                   check_settings, input_gradient, new_generator, per_sample)
 from .losses import Objective, check_loss
 
 MOMENTUM = 0.75
@@ -72,50 +72,15 @@ def _run(model, x, y, target, loss, eps, steps, rho, prec, generator):
     return torch.where(per_sample(fooled, x), x_fooled, x_best), fooled
 
 
-def apgd(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, steps: int = 100, *, loss: str = "ce",
-         targeted: bool = False, n_target_classes: int = 9, restarts: int = 1, rho: float = 0.75,
-         precision: str = "fp32", loss_scale: Optional[float] = None, generator=None,
-         return_success: bool = False):
+@dataclass(frozen=True)
+class APGD(Attack):
     """APGD with ``loss`` 'ce' or 'dlr' (APGD-CE / APGD-DLR), or targeted DLR over
-    ``n_target_classes`` targets (APGD-T, ``targeted=True``); see the module doc."""
-    eps, steps = check_eps(eps), check_count(steps, "steps")
-    restarts = check_count(restarts, "restarts")
-    n_target_classes = check_count(n_target_classes, "n_target_classes")
-    rho = check_positive(rho, "rho")
-    check_loss(loss)
-    check_inputs(x, y)
-    prec = Precision(precision, loss_scale)
-    x = x.detach()
-    x_adv = x.clone()
-
-    with attack_mode(model):
-        with torch.no_grad():
-            clean = prec.logits(model, x)
-        check_labels(y, clean.shape[1])
-        fooled = clean.argmax(1) != y  # already misclassified: returned as they are
-        if targeted:
-            if n_target_classes > clean.shape[1] - 1:
-                raise ValueError(f"n_target_classes must be <= {clean.shape[1] - 1} (classes other than the label), "
-                                 f"got {n_target_classes}")
-            ranked = clean.argsort(1, descending=True)
-            targets = [ranked[:, k] for k in range(1, n_target_classes + 1)]
-        else:
-            targets = [None]
-        for target in targets:
-            for _ in range(restarts):
-                idx = (~fooled).nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    break
-                out, ok = _run(model, x[idx], y[idx], None if target is None else target[idx], loss, eps, steps,
-                               rho, prec, generator)
-                x_adv[idx] = out
-                fooled[idx] = ok
-    return (x_adv, fooled) if return_success else x_adv
-
-
-@dataclass
-class APGD:
-    """``attack(model, x, y) -> x_adv``: :func:`apgd` with fixed settings (see there)."""
+    ``n_target_classes`` targets (APGD-T, ``targeted=True``); ``steps`` iterations per run and
+    ``restarts`` runs per target (see the module doc)."""
+    name: ClassVar[str] = "apgd_ce"
+    menu: ClassVar[Optional[str]] = "apgd-ce"
+    title: ClassVar[str] = "APGD-CE"
+    budget: ClassVar = ("apgd_steps", "steps")
     eps: float = 8 / 255
     steps: int = 100
     loss: str = "ce"
@@ -136,7 +101,60 @@ class APGD:
         check_positive(self.rho, "rho")
         check_loss(self.loss)
 
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return apgd(model, x, y, self.eps, self.steps, loss=self.loss, targeted=self.targeted,
-                    n_target_classes=self.n_target_classes, restarts=self.restarts, rho=self.rho,
-                    precision=self.precision, loss_scale=self.loss_scale, generator=new_generator(self.seed))
+    def run(self, model, x: torch.Tensor, y: torch.Tensor, *, generator=None, return_success: bool = False):
+        """``x_adv`` (and whether each sample is misclassified); ``generator`` instead of the
+        one ``seed`` makes."""
+        generator = generator if generator is not None else new_generator(self.seed)
+        check_inputs(x, y)
+        prec = Precision(self.precision, self.loss_scale)
+        x = x.detach()
+        x_adv = x.clone()
+        with attack_mode(model):
+            with torch.no_grad():
+                clean = prec.logits(model, x)
+            check_labels(y, clean.shape[1])
+            fooled = clean.argmax(1) != y  # already misclassified: returned as they are
+            if self.targeted:
+                if self.n_target_classes > clean.shape[1] - 1:
+                    raise ValueError(f"n_target_classes must be <= {clean.shape[1] - 1} (classes other than the "
+                                     f"label), got {self.n_target_classes}")
+                ranked = clean.argsort(1, descending=True)
+                targets = [ranked[:, k] for k in range(1, self.n_target_classes + 1)]
+            else:
+                targets = [None]
+            for target in targets:
+                for _ in range(self.restarts):
+                    idx = (~fooled).nonzero().squeeze(1)
+                    if idx.numel() == 0:
+                        break
+                    out, ok = _run(model, x[idx], y[idx], None if target is None else target[idx], self.loss,
+                                   self.eps, self.steps, self.rho, prec, generator)
+                    x_adv[idx] = out
+                    fooled[idx] = ok
+        return (x_adv, fooled) if return_success else x_adv
+
+
+@dataclass(frozen=True)
+class APGDDLR(APGD):
+    """APGD on the DLR loss."""
+    name: ClassVar[str] = "apgd_dlr"
+    menu: ClassVar[Optional[str]] = "apgd-dlr"
+    title: ClassVar[str] = "APGD-DLR"
+    loss: str = "dlr"
+
+
+@dataclass(frozen=True)
+class APGDT(APGD):
+    """APGD on targeted DLR against the 9 most likely other classes (AutoAttack's APGD-T)."""
+    name: ClassVar[str] = "apgd_t"
+    menu: ClassVar[Optional[str]] = None
+    title: ClassVar[str] = "APGD-T"
+    loss: str = "dlr"
+    targeted: bool = True
+
+
+def apgd(model, x: torch.Tensor, y: torch.Tensor, *settings, generator=None, return_success: bool = False,
+         **named):
+    """:class:`APGD` with ``settings`` (its fields, positionally from ``eps, steps`` or by name)
+    run once."""
+    return APGD(*settings, **named).run(model, x, y, generator=generator, return_success=return_success)

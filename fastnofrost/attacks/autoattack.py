@@ -9,44 +9,23 @@ and weight standardization computed once per layer for the entire AutoAttack run
 ``torch.autograd.grad`` / ``.backward`` calls then reach the input only.
 """
 from dataclasses import dataclass
+from typing import ClassVar, Optional
+
 import torch
 
-from .base import check_settings, attack_mode, check_count, check_eps, check_inputs, check_labels
+from .base import ENSEMBLE, Attack, attack_mode, check_count, check_inputs, check_labels, check_settings
 
 STANDARD_TARGETS = 9  # target classes of APGD-T and FAB-T in AutoAttack 'standard'
 
 
-def autoattack(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, *, seed: int = 0,
-               batch_size: int = 500) -> torch.Tensor:
-    """pyautoattack's AutoAttack 'standard' (L-inf) on ``model`` in attack mode; returns x_adv."""
-    eps = check_eps(eps)
-    check_count(seed, "seed", minimum=0)
-    check_count(batch_size, "batch_size")
-    check_inputs(x, y)
-    try:
-        from pyautoattack import AutoAttack as ReferenceAutoAttack
-    except ImportError as exc:
-        raise ImportError("autoattack needs the pyautoattack package (pip install pyautoattack)") from exc
-    with attack_mode(model):
-        with torch.no_grad():
-            classes = model(x[:1]).shape[1]
-        check_standard_classes(classes, "this model")
-        check_labels(y, classes)
-        runner = ReferenceAutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device=x.device)
-        x_adv, _ = runner.run_standard_evaluation(x.detach(), y, batch_size=batch_size)
-    return x_adv
-
-
-def check_standard_classes(classes: int, what: str) -> None:
-    """AutoAttack 'standard' targets STANDARD_TARGETS other classes: a ValueError for fewer."""
-    if classes < STANDARD_TARGETS + 1:
-        raise ValueError(f"autoattack: the 'standard' version targets {STANDARD_TARGETS} other classes (APGD-T, "
-                         f"FAB-T), so it needs at least {STANDARD_TARGETS + 1} classes; {what} has {classes}")
-
-
-@dataclass
-class AutoAttack:
-    """``attack(model, x, y) -> x_adv``: :func:`autoattack` with fixed settings."""
+@dataclass(frozen=True)
+class AutoAttack(Attack):
+    """pyautoattack's AutoAttack 'standard' (L-inf) on the model in attack mode; ``batch_size``:
+    its inner batch."""
+    name: ClassVar[str] = "autoattack"
+    menu: ClassVar[Optional[str]] = "aa"
+    kind: ClassVar[str] = ENSEMBLE
+    title: ClassVar[str] = "AA"
     eps: float = 8 / 255
     seed: int = 0
     batch_size: int = 500
@@ -57,5 +36,30 @@ class AutoAttack:
         check_count(self.seed, "seed", minimum=0)
         check_count(self.batch_size, "batch_size")
 
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return autoattack(model, x, y, self.eps, seed=self.seed, batch_size=self.batch_size)
+    def run(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        check_inputs(x, y)
+        try:
+            from pyautoattack import AutoAttack as ReferenceAutoAttack
+        except ImportError as exc:
+            raise ImportError("autoattack needs the pyautoattack package (pip install pyautoattack)") from exc
+        with attack_mode(model):
+            with torch.no_grad():
+                classes = model(x[:1]).shape[1]
+            check_standard_classes(classes, "this model")
+            check_labels(y, classes)
+            runner = ReferenceAutoAttack(model, eps=self.eps, norm="Linf", version="standard", seed=self.seed,
+                                         device=x.device)
+            x_adv, _ = runner.run_standard_evaluation(x.detach(), y, batch_size=self.batch_size)
+        return x_adv
+
+
+def autoattack(model, x: torch.Tensor, y: torch.Tensor, *settings, **named) -> torch.Tensor:
+    """:class:`AutoAttack` with ``settings`` (its fields, positionally from ``eps`` or by name) run once."""
+    return AutoAttack(*settings, **named).run(model, x, y)
+
+
+def check_standard_classes(classes: int, what: str) -> None:
+    """AutoAttack 'standard' targets STANDARD_TARGETS other classes: a ValueError for fewer."""
+    if classes < STANDARD_TARGETS + 1:
+        raise ValueError(f"autoattack: the 'standard' version targets {STANDARD_TARGETS} other classes (APGD-T, "
+                         f"FAB-T), so it needs at least {STANDARD_TARGETS + 1} classes; {what} has {classes}")

@@ -9,16 +9,49 @@ node: ``torch.autograd.grad(loss, x_adv)`` runs the input-gradient half of the b
 Everything is restored on exit, also when the attack raises.
 """
 import contextlib
+import dataclasses
 import math
-from typing import Optional
+from typing import ClassVar, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..nn import fill_cache, frozen_weights
+from ..nn.frozen import cached_weights, fill_cache, frozen_weights
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FP16_LOSS_SCALE = 1024.0
+WHITE_BOX, BLACK_BOX, ENSEMBLE = "white-box", "black-box", "ensemble"
+
+
+class Attack:
+    """Base of the attack declarations. Each attack is ONE frozen dataclass: its fields are its
+    settings (defaults and checks in ``__post_init__``), and its class attributes say the rest:
+
+    - ``name``: its key in :data:`fastnofrost.attacks.ATTACKS` (``get_attack``);
+    - ``menu``: its name on the evaluation's menu and command line (None: not on the menu);
+    - ``kind``: white-box, black-box or ensemble (the report's grouping);
+    - ``title``: the report's column title, formatted with the fields (``'PGD-{steps}'``);
+    - ``budget``: (evaluation setting, own field) that the evaluation's budget flag sets, e.g.
+      ``('apgd_steps', 'steps')``; None: a fixed budget.
+
+    The registry, the menu, the evaluation's flags and titles are derived from these, so adding
+    an attack touches its own file and the registry's list. ``attack(model, x, y)`` runs
+    :meth:`run` with the attack's own seed (one generator per call: every call is the same attack).
+    """
+    name: ClassVar[str]
+    menu: ClassVar[Optional[str]] = None
+    kind: ClassVar[str] = WHITE_BOX
+    title: ClassVar[str] = ""
+    budget: ClassVar[Optional[Tuple[str, str]]] = None
+
+    def run(self, model, x: torch.Tensor, y: torch.Tensor, **options) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.run(model, x, y)
+
+    def column_title(self) -> str:
+        return self.title.format(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
 
 def check_eps(eps) -> float:
@@ -82,17 +115,20 @@ def check_labels(labels: torch.Tensor, num_classes: int, name: str = "y") -> Non
 
 
 @contextlib.contextmanager
-def attack_mode(model: nn.Module, cache_weights: bool = True):
+def attack_mode(model: nn.Module, cache_weights: bool = True, weight_grads: bool = False):
     """Eval mode, frozen parameters and (``cache_weights``) standardized weights computed once;
-    all restored on exit."""
+    all restored on exit. Yields None, or with ``weight_grads`` (an ablation: parameters keep
+    ``requires_grad`` and the cached weights are leaves requiring grad) a function listing the
+    tensors a step then differentiates besides the input (:func:`input_gradient`'s ``also``)."""
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        with frozen_weights() if cache_weights else contextlib.nullcontext():
-            yield model
+        if not weight_grads:
+            for p, _ in flags:
+                p.requires_grad_(False)
+        with frozen_weights(leaves=weight_grads) if cache_weights else contextlib.nullcontext():
+            yield (lambda: [p for p, trainable in flags if trainable] + cached_weights()) if weight_grads else None
     finally:
         for m, training in modes:
             m.training = training
@@ -137,35 +173,40 @@ def predict(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch
         return Precision(precision).logits(model, x)
 
 
-def input_gradient(forward, x_adv: torch.Tensor, objective, precision: Precision):
+def input_gradient(forward, x_adv: torch.Tensor, objective, precision: Precision, also=None):
     """Per-sample objective, logits and d(sum objective)/d(x_adv) (times the loss scale).
 
     ``x_adv`` is the only leaf that requires grad, so this is the whole backward: no
-    parameter gradient, no graph kept after the call.
+    parameter gradient, no graph kept after the call. ``also`` (the ``weight_grads`` ablation of
+    :func:`attack_mode`): a function giving more tensors to differentiate, whose gradients are
+    computed and dropped.
     """
     x_adv.requires_grad_(True)
     logits = precision.logits(forward, x_adv)
     values = objective(logits)
     if not values.requires_grad:  # no differentiable path from the input (a step, a round): zero gradient
         return values.detach(), logits.detach(), torch.zeros_like(x_adv)
-    (grad,) = torch.autograd.grad(values.sum() * precision.loss_scale, x_adv)
+    extra = also() if also is not None else []
+    grad, *_ = torch.autograd.grad(values.sum() * precision.loss_scale, [x_adv, *extra], allow_unused=bool(extra))
     if precision.name == "fp16":  # an overflow gives inf (whose sign is fine) or nan: no step there
         grad = torch.nan_to_num(grad, nan=0.0)
     return values.detach(), logits.detach(), grad
 
 
-def compiled(model: nn.Module, compile_step, precision: Precision, device_type: str):
+def compiled(model: nn.Module, compile_step, precision: Precision, device_type: str, cache_weights: bool = True):
     """The model forward of one attack step: eager, or torch.compile'd (``True`` or a
     torch.compile mode such as 'reduce-overhead', which uses CUDA graphs on CUDA).
 
     Called inside :func:`attack_mode`. For a compiled step the standardized weights are
     computed here, eagerly, under the attack's precision (:func:`~fastnofrost.nn.fill_cache`;
-    why, and what it means for CUDA graphs: the module doc of :mod:`fastnofrost.nn.frozen`).
+    why, and what it means for CUDA graphs: the module doc of :mod:`fastnofrost.nn.frozen`);
+    without ``cache_weights`` the compiled step standardizes inside its graph.
     """
     if compile_step is False:
         return model
-    with precision.autocast(device_type):
-        fill_cache(model)
+    if cache_weights:
+        with precision.autocast(device_type):
+            fill_cache(model)
     return torch.compile(model, mode=None if compile_step is True else compile_step)
 
 

@@ -16,76 +16,23 @@ at the eps-ball; inputs misclassified already are returned as they are.
 """
 import math
 from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import torch
 
-from .base import (check_settings, Precision, attack_mode, check_count, check_eps, check_inputs, check_labels,
-                     per_sample)
+from .base import (BLACK_BOX, Attack, Precision, attack_mode, check_count, check_inputs, check_labels,
+                   check_settings, per_sample)
 
 
-def rays(model, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, queries: int = 10000, *,
-         precision: str = "fp32", return_success: bool = False):
-    """RayS with a budget of ``queries`` predictions per sample (see module doc)."""
-    eps, queries = check_eps(eps), check_count(queries, "queries")
-    check_inputs(x, y)
-    prec = Precision(precision)
-    x = x.detach()
-    n, dim = x.shape[0], x[0].numel()
-    tol = 1e-3 / math.sqrt(dim)
-    used = torch.zeros(n, dtype=torch.long, device=x.device)
-
-    def along(idx, d, r):
-        return (x[idx] + per_sample(r, d) * d).clamp(0, 1)
-
-    def adversarial(idx, d, r):
-        """One query per sample of ``idx``: is the ray point at radius r misclassified?"""
-        used[idx] += 1
-        return prec.logits(model, along(idx, d, r)).argmax(1) != y[idx]
-
-    def search(idx, flipped):
-        """Boundary of the flipped rays of samples ``idx``; keep the flips that come closer."""
-        current = radius[idx]
-        lo = torch.zeros_like(current)
-        hi = torch.where(current.isinf(), torch.ones_like(current), current)
-        ok = adversarial(idx, flipped, hi)
-        while True:
-            sub = (ok & (hi - lo > tol) & (used[idx] < queries)).nonzero().squeeze(1)
-            if sub.numel() == 0:
-                break
-            mid = (lo[sub] + hi[sub]) / 2
-            adv = adversarial(idx[sub], flipped[sub], mid)
-            hi[sub] = torch.where(adv, mid, hi[sub])
-            lo[sub] = torch.where(adv, lo[sub], mid)
-        closer = ok & (hi < current)
-        radius[idx[closer]] = hi[closer]
-        direction[idx[closer]] = flipped[closer]
-
-    with attack_mode(model), torch.no_grad():
-        logits = prec.logits(model, x)
-        check_labels(y, logits.shape[1])
-        used += 1
-        radius = torch.where(logits.argmax(1) != y, 0.0, math.inf)
-        direction = torch.ones_like(x)
-        level, block = 0, 0
-        while True:
-            idx = ((radius > eps) & (used < queries)).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            size = math.ceil(dim / 2 ** level)
-            start, end = block * size, min(dim, (block + 1) * size)
-            flipped = direction[idx].clone()
-            flipped.view(idx.numel(), -1)[:, start:end] *= -1
-            search(idx, flipped)
-            block += 1
-            if block == 2 ** level or end == dim:
-                level, block = level + 1, 0
-        x_adv = along(slice(None), direction, radius.clamp(max=eps))
-    return (x_adv, radius <= eps) if return_success else x_adv
-
-
-@dataclass
-class RayS:
-    """``attack(model, x, y) -> x_adv``: :func:`rays` with fixed settings (deterministic: no seed)."""
+@dataclass(frozen=True)
+class RayS(Attack):
+    """RayS with a budget of ``queries`` predictions per sample (see the module doc;
+    deterministic: no seed)."""
+    name: ClassVar[str] = "rays"
+    menu: ClassVar[Optional[str]] = "rays"
+    kind: ClassVar[str] = BLACK_BOX
+    title: ClassVar[str] = "RayS"
+    budget: ClassVar = ("rays_queries", "queries")
     eps: float = 8 / 255
     queries: int = 10000
     precision: str = "fp32"
@@ -95,5 +42,66 @@ class RayS:
         check_settings(self.eps, self.norm, self.precision)
         check_count(self.queries, "queries")
 
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return rays(model, x, y, self.eps, self.queries, precision=self.precision)
+    def run(self, model, x: torch.Tensor, y: torch.Tensor, *, return_success: bool = False):
+        """``x_adv`` (and whether each sample's boundary lies within eps)."""
+        eps, queries = self.eps, self.queries
+        check_inputs(x, y)
+        prec = Precision(self.precision)
+        x = x.detach()
+        n, dim = x.shape[0], x[0].numel()
+        tol = 1e-3 / math.sqrt(dim)
+        used = torch.zeros(n, dtype=torch.long, device=x.device)
+
+        def along(idx, d, r):
+            return (x[idx] + per_sample(r, d) * d).clamp(0, 1)
+
+        def adversarial(idx, d, r):
+            """One query per sample of ``idx``: is the ray point at radius r misclassified?"""
+            used[idx] += 1
+            return prec.logits(model, along(idx, d, r)).argmax(1) != y[idx]
+
+        def search(idx, flipped):
+            """Boundary of the flipped rays of samples ``idx``; keep the flips that come closer."""
+            current = radius[idx]
+            lo = torch.zeros_like(current)
+            hi = torch.where(current.isinf(), torch.ones_like(current), current)
+            ok = adversarial(idx, flipped, hi)
+            while True:
+                sub = (ok & (hi - lo > tol) & (used[idx] < queries)).nonzero().squeeze(1)
+                if sub.numel() == 0:
+                    break
+                mid = (lo[sub] + hi[sub]) / 2
+                adv = adversarial(idx[sub], flipped[sub], mid)
+                hi[sub] = torch.where(adv, mid, hi[sub])
+                lo[sub] = torch.where(adv, lo[sub], mid)
+            closer = ok & (hi < current)
+            radius[idx[closer]] = hi[closer]
+            direction[idx[closer]] = flipped[closer]
+
+        with attack_mode(model), torch.no_grad():
+            logits = prec.logits(model, x)
+            check_labels(y, logits.shape[1])
+            used += 1
+            radius = torch.where(logits.argmax(1) != y, 0.0, math.inf)
+            direction = torch.ones_like(x)
+            level, block = 0, 0
+            while True:
+                idx = ((radius > eps) & (used < queries)).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                size = math.ceil(dim / 2 ** level)
+                start, end = block * size, min(dim, (block + 1) * size)
+                flipped = direction[idx].clone()
+                flipped.view(idx.numel(), -1)[:, start:end] *= -1
+                search(idx, flipped)
+                block += 1
+                if block == 2 ** level or end == dim:
+                    level, block = level + 1, 0
+            x_adv = along(slice(None), direction, radius.clamp(max=eps))
+        return (x_adv, radius <= eps) if return_success else x_adv
+
+
+def rays(model, x: torch.Tensor, y: torch.Tensor, *settings, return_success: bool = False, **named):
+    """:class:`RayS` with ``settings`` (its fields, positionally from ``eps, queries`` or by
+    name) run once."""
+    return RayS(*settings, **named).run(model, x, y, return_success=return_success)

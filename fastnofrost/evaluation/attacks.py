@@ -1,50 +1,46 @@
-"""The evaluation's attack menu: command-line names mapped onto :mod:`fastnofrost.attacks`.
+"""The evaluation's attack menu, derived from the attack declarations (:mod:`fastnofrost.attacks`):
+each attack with a ``menu`` name is on it, in the registry's order (the paper's columns), with
+its kind and column title, its budget set by the setting its ``budget`` names.
 
-| name           | attack (``get_attack``)        | kind      | budget                          |
-| -------------- | ------------------------------ | --------- | ------------------------------- |
-| ``clean``      | none                           | clean     |                                 |
-| ``pgd``        | ``pgd``, CE, random start      | white-box | ``steps`` (20: PGD-20)          |
-| ``apgd-ce``    | ``apgd_ce``                    | white-box | ``apgd_steps`` (100), 1 restart |
-| ``apgd-dlr``   | ``apgd_dlr``                   | white-box | ``apgd_steps``                  |
-| ``mia``        | ``mia`` (MI-FGSM, decay 1)     | white-box | ``steps``                       |
-| ``cw``         | ``cw`` (CW margin, conf. 50)   | white-box | ``steps``                       |
-| ``pgd-targeted``| ``pgd_targeted`` (random class)| white-box | ``steps``                       |
-| ``rays``       | ``rays``                       | black-box | ``rays_queries`` (10000)        |
-| ``square``     | ``square``                     | black-box | ``square_queries`` (5000)       |
-| ``aa``         | ``autoattack`` ('standard')    | ensemble  | pyautoattack's                  |
+| name           | class          | kind      | budget setting                  |
+| -------------- | -------------- | --------- | ------------------------------- |
+| ``clean``      | none           | clean     |                                 |
+| ``pgd``        | ``PGD``        | white-box | ``steps`` (20: PGD-20)          |
+| ``apgd-ce``    | ``APGD``       | white-box | ``apgd_steps``, 1 restart       |
+| ``apgd-dlr``   | ``APGDDLR``    | white-box | ``apgd_steps``                  |
+| ``mia``        | ``MIA``        | white-box | ``steps``                       |
+| ``cw``         | ``CW``         | white-box | ``steps``                       |
+| ``pgd-targeted``| ``TargetedPGD``| white-box | ``steps``                      |
+| ``rays``       | ``RayS``       | black-box | ``rays_queries``                |
+| ``square``     | ``Square``     | black-box | ``square_queries``              |
+| ``aa``         | ``AutoAttack`` | ensemble  | pyautoattack's                  |
 
 Every attack is L-inf with radius ``eps`` in [0, 1] pixel space; step sizes are the attacks'
 own defaults (PGD family: min(1.25 eps, eps + 4/255) / steps).
 """
-from dataclasses import dataclass, fields
+import dataclasses
+from dataclasses import dataclass
 from typing import Dict, List, Union
 
 import torch
 
-from ..attacks import APGD, RayS, Square, get_attack
+from ..attacks import APGD, ATTACKS, BLACK_BOX, ENSEMBLE, WHITE_BOX, Attack, RayS, Square
 
-CLEAN, WHITE_BOX, BLACK_BOX, ENSEMBLE = "clean", "white-box", "black-box", "ensemble"
-# name: (fastnofrost.attacks name, kind), in the column order of the paper's tables
-MENU = {
-    "clean": (None, CLEAN),
-    "pgd": ("pgd", WHITE_BOX),
-    "apgd-ce": ("apgd_ce", WHITE_BOX),
-    "apgd-dlr": ("apgd_dlr", WHITE_BOX),
-    "mia": ("mia", WHITE_BOX),
-    "cw": ("cw", WHITE_BOX),
-    "pgd-targeted": ("pgd_targeted", WHITE_BOX),
-    "rays": ("rays", BLACK_BOX),
-    "square": ("square", BLACK_BOX),
-    "aa": ("autoattack", ENSEMBLE),
-}
+CLEAN = "clean"
+MENU = {CLEAN: None, **{a.menu: a for a in ATTACKS.values() if a.menu is not None}}  # name: attack class
+BUDGETS = tuple(dict.fromkeys(a.budget[0] for a in MENU.values() if a is not None and a.budget is not None))
 DEFAULT_ATTACKS = ("clean", "pgd", "apgd-ce", "apgd-dlr", "mia", "cw", "rays", "square", "aa")
 BALL_TOLERANCE = 1e-6
+__all__ = ["MENU", "BUDGETS", "DEFAULT_ATTACKS", "AttackSettings", "build_attacks", "check_names", "kind", "label",
+           "check_in_ball", "WHITE_BOX", "BLACK_BOX", "ENSEMBLE"]
 
 
 @dataclass(frozen=True)
 class AttackSettings:
-    """Budgets of the attack menu; the defaults are the paper's evaluation (PGD-20 at 8/255)
-    and, for APGD, RayS and Square, the attack classes' own defaults."""
+    """What the menu's attacks share (radius, seed, precision, AutoAttack's inner batch, the PGD
+    family's compiled step), and one field per budget setting (:data:`BUDGETS`, named by the
+    attacks' ``budget``). Defaults: the paper's evaluation (PGD-20 at 8/255) and, for the other
+    budgets, the attacks' own."""
     eps: float = 8 / 255
     steps: int = 20
     apgd_steps: int = APGD.steps
@@ -52,26 +48,22 @@ class AttackSettings:
     square_queries: int = Square.queries
     seed: int = 0
     precision: str = "fp32"
-    batch_size: int = 128  # AutoAttack's inner batch
-    compile_step: Union[bool, str] = False  # PGD family (pgd, mia, cw, pgd-targeted): torch.compile the step
+    batch_size: int = 128
+    compile_step: Union[bool, str] = False
 
     def kwargs(self, name: str) -> dict:
-        """Keyword arguments of ``get_attack`` for menu entry ``name``."""
-        family = dict(steps=self.steps, seed=self.seed, precision=self.precision, compile_step=self.compile_step)
-        apgd = dict(steps=self.apgd_steps, seed=self.seed, precision=self.precision)
-        kw = {
-            "pgd": family, "cw": family, "pgd-targeted": family,
-            "mia": dict(steps=self.steps, precision=self.precision,  # deterministic: no random start
-                        compile_step=self.compile_step),
-            "apgd-ce": apgd, "apgd-dlr": apgd,
-            "rays": dict(queries=self.rays_queries, precision=self.precision),
-            "square": dict(queries=self.square_queries, seed=self.seed, precision=self.precision),
-            "aa": dict(seed=self.seed, batch_size=self.batch_size),
-        }[name]
-        return dict(eps=self.eps, **kw)
+        """Settings of menu entry ``name``'s attack: each shared setting that is one of its
+        fields, and its budget."""
+        attack = MENU[name]
+        own = {f.name for f in dataclasses.fields(attack)}
+        kw = {k: v for k, v in self.as_dict().items() if k in own and k not in BUDGETS}
+        if attack.budget is not None:
+            setting, field = attack.budget
+            kw[field] = getattr(self, setting)
+        return kw
 
     def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return dataclasses.asdict(self)
 
 
 def check_names(names) -> List[str]:
@@ -85,16 +77,19 @@ def check_names(names) -> List[str]:
     return [n for n in MENU if n in names]
 
 
-def build_attacks(names, settings: AttackSettings) -> Dict[str, object]:
+def build_attacks(names, settings: AttackSettings) -> Dict[str, Attack]:
     """``{name: attack(model, x, y) -> x_adv}`` for the non-clean entries of ``names``."""
-    return {n: get_attack(MENU[n][0], **settings.kwargs(n)) for n in check_names(names) if n != "clean"}
+    return {n: MENU[n](**settings.kwargs(n)) for n in check_names(names) if n != CLEAN}
+
+
+def kind(name: str) -> str:
+    """'clean', 'white-box', 'black-box' or 'ensemble'."""
+    return CLEAN if name == CLEAN else MENU[name].kind
 
 
 def label(name: str, settings: AttackSettings) -> str:
     """Column title: PGD-20, APGD-CE, ..., AA."""
-    titles = {"clean": "Clean", "pgd": f"PGD-{settings.steps}", "apgd-ce": "APGD-CE", "apgd-dlr": "APGD-DLR",
-              "mia": "MIA", "cw": "CW", "pgd-targeted": "PGD-T", "rays": "RayS", "square": "Square", "aa": "AA"}
-    return titles[name]
+    return "Clean" if name == CLEAN else MENU[name](**settings.kwargs(name)).column_title()
 
 
 def check_in_ball(name: str, x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> float:

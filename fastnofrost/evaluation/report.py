@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .attacks import BLACK_BOX, MENU, WHITE_BOX, AttackSettings, label
+from .attacks import BLACK_BOX, WHITE_BOX, AttackSettings, kind, label
 
 MASKING_GAP = 5.0  # percentage points
 
@@ -33,7 +33,7 @@ def attack_rows(results: Dict[str, dict], settings: AttackSettings) -> Dict[str,
         robust = clean if name == "clean" else clean & res["correct"]
         n, seconds = robust.numel(), res["seconds"]
         rows[name] = {
-            "label": label(name, settings), "kind": MENU[name][1], "accuracy": _pct(robust), "n": n,
+            "label": label(name, settings), "kind": kind(name), "accuracy": _pct(robust), "n": n,
             "seconds": seconds, "examples_per_s": n / seconds if seconds > 0 else None,
             "max_linf": res.get("max_linf", 0.0),
             "settings": {} if name == "clean" else settings.kwargs(name),
@@ -43,7 +43,7 @@ def attack_rows(results: Dict[str, dict], settings: AttackSettings) -> Dict[str,
 
 def worst_case(results: Dict[str, dict]) -> Dict[str, Optional[dict]]:
     """Per-example worst case over the white-box attacks run, and over all attacks run."""
-    groups = {"white-box": [n for n in results if MENU[n][1] == WHITE_BOX],
+    groups = {"white-box": [n for n in results if kind(n) == WHITE_BOX],
               "all": [n for n in results if n != "clean"]}
     out = {}
     for group, names in groups.items():
@@ -118,7 +118,7 @@ def _groups_line(report: dict) -> str:
     kinds = {}
     for r in report["attacks"].values():
         kinds.setdefault(r["kind"], []).append(r["label"])
-    parts = [f"{kind.capitalize()}: {', '.join(kinds[kind])}" for kind in (WHITE_BOX, BLACK_BOX) if kind in kinds]
+    parts = [f"{k.capitalize()}: {', '.join(kinds[k])}" for k in (WHITE_BOX, BLACK_BOX) if k in kinds]
     parts += ["AA: AutoAttack 'standard' (APGD-CE, APGD-T, FAB-T, Square)"] if "aa" in report["attacks"] else []
     return ("; ".join(parts) + ". " if parts else "") + (
         "An example is robust to an attack when classified correctly both clean and attacked; worst case: "

@@ -1,6 +1,6 @@
 """Training objectives, one file each, all on the one attack loop (:mod:`fastnofrost.attacks.pgd`).
 
-    method = build_method("nofrost", AttackSettings(eps=8/255, steps=10), smoothing=0.1, lam=0.5)
+    method = build_method("nofrost", PGD(eps=8/255, steps=10), smoothing=0.1, lam=0.5)
     out = method(engine, engine.module, x, y)      # StepOutput(loss, parts, correct)
 
 | name          | loss                                                          | settings       |
@@ -16,7 +16,8 @@
 """
 import dataclasses
 
-from .base import AttackSettings, Method, StepOutput, View, couples_samples
+from ..attacks import PGD
+from .base import EarlyStop, Method, StepOutput, View, couples_samples
 from .fat import FAT
 from .mbnat import MBNAT
 from .nofrost import NoFrost
@@ -29,13 +30,13 @@ from .trades_fat import TRADESFAT
 METHODS = {m.name: m for m in (ST, SAT, TRADES, FAT, TRADESFAT, NoFrost, NoFrostStar, MBNAT)}
 
 
-def build_method(name: str, attack: AttackSettings = AttackSettings(), smoothing: float = 0.0, **settings) -> Method:
-    """Method ``name`` (see :data:`METHODS`); ``settings`` that are not its fields are ignored,
-    so one config can carry every method's knobs."""
+def build_method(name: str, attack: PGD = PGD(), smoothing: float = 0.0, **settings) -> Method:
+    """Method ``name`` (see :data:`METHODS`) with training attack ``attack``; ``settings`` that
+    are not its fields are ignored, so one config can carry every method's knobs."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     own = {f.name for f in dataclasses.fields(METHODS[name])} - {"attack_settings", "smoothing"}
     return METHODS[name](attack, smoothing, **{k: v for k, v in settings.items() if k in own})
 
 
-__all__ = ["METHODS", "build_method", "AttackSettings", "Method", "StepOutput", "View", "couples_samples"]
+__all__ = ["METHODS", "build_method", "Method", "EarlyStop", "StepOutput", "View", "couples_samples"]

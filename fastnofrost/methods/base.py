@@ -22,6 +22,7 @@ batch go through ONE forward and ONE backward (``torch.cat``); a model with Batc
 forward per view, so BN never normalizes clean and adversarial samples together.
 """
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Dict, NamedTuple, Optional, Sequence
 
@@ -29,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attacks import pgd
+from ..attacks import PGD
 from ..nn.dual_bn import DualBatchNorm2d
 
 
@@ -53,16 +54,6 @@ class View(NamedTuple):
     before: Optional[Callable[[], None]] = None
 
 
-@dataclass
-class AttackSettings:
-    """The training attack: L-inf PGD in [0, 1] pixels (radius and step in pixel units here)."""
-    eps: float = 8 / 255
-    steps: int = 10
-    alpha: Optional[float] = None       # None: min(1.25 eps, eps + 4/255) / steps
-    precision: str = "fp32"             # the attack's autocast: fp32 / bf16 / fp16
-    compile_step: object = False
-
-
 def couples_samples(model: nn.Module) -> bool:
     """True when a layer normalizes over the batch (BatchNorm, SyncBatchNorm, dual BN)."""
     return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, DualBatchNorm2d)) for m in model.modules())
@@ -71,14 +62,20 @@ def couples_samples(model: nn.Module) -> bool:
 @dataclass
 class Method:
     """Base of the objectives: a dataclass whose fields are the method's settings (the attack,
-    label smoothing, then each subclass's own: lambda, beta, tau, ...). Subclasses set ``name``
-    and implement :meth:`loss`."""
+    label smoothing, one-pass views, then each subclass's own: lambda, beta, tau, ...).
+    Subclasses set ``name`` and implement :meth:`loss`.
+
+    ``attack_settings``: the training attack, a :class:`~fastnofrost.attacks.PGD` (radius and
+    step in [0, 1] pixels; TRADES and FAT run ``dataclasses.replace`` variants of it).
+    ``one_pass`` (a switch; benchmarks/bench_step.py's ``two-forwards`` ablation turns it off):
+    the views of a model without BatchNorm go through one forward of their concatenation."""
     name: ClassVar[str] = "?"
     needs_views: ClassVar[bool] = False     # NoFrost*: the loader must yield (x, x_aug, y)
     needs_dual_bn: ClassVar[bool] = False   # MBNAT
     separable: ClassVar[bool] = True        # the loss is a sum over views (weighted_views): --views sequential applies
-    attack_settings: AttackSettings = field(default_factory=AttackSettings)
+    attack_settings: PGD = field(default_factory=PGD)
     smoothing: float = 0.0
+    one_pass: bool = True
 
     def early_stop(self) -> Optional[int]:
         """The attack's early stop (FAT's tau); None: the full PGD."""
@@ -91,14 +88,15 @@ class Method:
 
     def check_model(self, model: nn.Module) -> None:
         if self.needs_dual_bn and not any(isinstance(m, DualBatchNorm2d) for m in model.modules()):
-            raise ValueError(f"method {self.name!r} needs a dual-BN model (a *_dualbn model)")
+            raise ValueError(f"method {self.name!r} needs a dual-BN model (for example resnet50_dualbn), got "
+                             f"{type(model).__name__} without DualBatchNorm2d layers")
 
-    def attack(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor, **kw) -> torch.Tensor:
-        """x* by the one PGD loop with this run's settings (``kw`` adds TRADES / FAT options);
-        no host read of the batch (the loaders make pixels and labels valid by construction)."""
-        a = self.attack_settings
-        return pgd(module, x, y, a.eps, a.steps, a.alpha, precision=a.precision, compile_step=a.compile_step,
-                   validate=False, **kw)
+    def attack(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor, **changes) -> torch.Tensor:
+        """x* by the one PGD loop: this run's attack, with ``changes`` to its fields (TRADES' KL
+        loss and Gaussian start, FAT's early stop); no host read of the batch (the loaders make
+        pixels and labels valid by construction)."""
+        spec = dataclasses.replace(self.attack_settings, **changes) if changes else self.attack_settings
+        return spec.run(module, x, y, validate=False)
 
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """In float32 at least (bf16/fp16 logits of autocast), float64 for a float64 model."""
@@ -133,11 +131,10 @@ class Method:
             terms.append(term)
         return StepOutput(sum(terms), parts, correct_counts, backpropagated=backward is not None)
 
-    @staticmethod
-    def views(forward, module: nn.Module, *xs: torch.Tensor):
+    def views(self, forward, module: nn.Module, *xs: torch.Tensor):
         """Logits of each view: one forward of the concatenation when the model has no
-        BatchNorm, else one forward per view."""
-        if len(xs) > 1 and not couples_samples(module):
+        BatchNorm (and ``one_pass``), else one forward per view."""
+        if len(xs) > 1 and self.one_pass and not couples_samples(module):
             return forward(torch.cat(xs)).split([len(x) for x in xs])
         return tuple(forward(x) for x in xs)
 
@@ -151,6 +148,16 @@ class Method:
 
     def loss(self, forward, module, x, y, x_aug, backward) -> StepOutput:
         raise NotImplementedError
+
+
+@dataclass
+class EarlyStop:
+    """FAT's early-stopped attack as a mixin (``class FAT(EarlyStop, SAT)``): a sample stops
+    ``tau`` steps after it is first misclassified (tau 0 in the paper's code)."""
+    tau: int = 0
+
+    def early_stop(self) -> int:
+        return self.tau
 
 
 def correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,10 @@ per weight update) and, under CUDA graphs, the cache would hold graph outputs th
 replay overwrites. The filled weights live in persistent buffers: CUDA graphs treat module
 tensors as static inputs and would re-record a graph whenever a cache landed elsewhere in
 memory. This is the one place this rationale is written.
+
+``frozen_weights(leaves=True)`` (the attack's ``weight_grads`` switch, an ablation that mimics
+an attack computing weight gradients) marks each cached weight as a leaf requiring grad, so a
+step may differentiate it; :func:`cached_weights` lists them.
 """
 import contextlib
 import weakref
@@ -24,6 +28,7 @@ import weakref
 import torch
 
 _depth = 0
+_leaves = False
 _cached_layers: "weakref.WeakSet" = weakref.WeakSet()
 
 
@@ -69,9 +74,16 @@ def _key(layer, cast):
 def remember(layer, w, cast):
     """Cache ``w`` (detached, in the attack dtype ``cast``) as ``layer``'s standardized weight
     for the current frozen context."""
+    if _leaves and not w.requires_grad:
+        w.requires_grad_(True)
     layer.__dict__["_frozen_cache"] = (_key(layer, cast), w)
     _cached_layers.add(layer)
     return w
+
+
+def cached_weights() -> list:
+    """The standardized weights cached in the current frozen context."""
+    return [layer.__dict__["_frozen_cache"][1] for layer in _cached_layers if "_frozen_cache" in layer.__dict__]
 
 
 def fill_cache(model: torch.nn.Module) -> None:
@@ -97,21 +109,25 @@ def fill_cache(model: torch.nn.Module) -> None:
         if store is None or (store.shape, store.dtype, store.device) != (w.shape, w.dtype, w.device):
             module.__dict__["_frozen_store"] = w
         elif store is not w:
-            store.copy_(w)
+            with torch.no_grad():  # a leaf requiring grad under frozen_weights(leaves=True)
+                store.copy_(w)
             remember(module, store, autocast_dtype(module.weight.device.type))
     for group in groups.values():
         group.fill_store(autocast_dtype(group.layers[0].weight.device.type))
 
 
 @contextlib.contextmanager
-def frozen_weights():
-    """Context in which weight-standardized layers compute their weight once (see module doc)."""
-    global _depth
+def frozen_weights(leaves: bool = False):
+    """Context in which weight-standardized layers compute their weight once (see module doc);
+    ``leaves``: the cached weights require grad."""
+    global _depth, _leaves
     _depth += 1
+    outer, _leaves = _leaves, leaves
     try:
         yield
     finally:
         _depth -= 1
+        _leaves = outer
         if _depth == 0:
             for layer in list(_cached_layers):
                 layer.__dict__.pop("_frozen_cache", None)

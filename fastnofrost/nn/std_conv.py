@@ -96,3 +96,17 @@ class StdConv2d(_WSConv2d):
                          dilation=dilation, groups=groups, bias=bias, device=device, dtype=dtype)
         self.gain = None
         self._init_ws(1.0, eps, backend)
+
+
+def set_ws_backend(model: nn.Module, backend: str) -> int:
+    """Set every weight-standardized layer of ``model`` to ``backend``: 'fused' (the fused op)
+    or 'reference' (eager torch, the per-layer reference; an ablation of
+    benchmarks/bench_step.py). Call it before :func:`~fastnofrost.nn.group_weights`, which
+    groups the fused layers only. Returns how many layers were set."""
+    check_backend(backend)
+    layers = [m for m in model.modules() if isinstance(m, _WSConv2d)]
+    if any("_ws_group" in m.__dict__ for m in layers):
+        raise RuntimeError("set_ws_backend: the model's weights are grouped (group_weights); ungroup_weights first")
+    for layer in layers:
+        layer.backend = backend
+    return len(layers)
