@@ -1,8 +1,15 @@
-"""Fidelity benchmark: the seed paper's Table 1 and Figure 2 at small scale.
+"""Fidelity benchmark: the seed paper's Table 1 and Figure 2 at small scale, and our engine against
+the official training loop.
 
 Trains six methods with the real training engine (``fastnofrost/train.py``, one subprocess each,
 the same schedule for all) on Fashion-MNIST (Debian's ``dataset-fashion-mnist``; scikit-learn's
-digits when it is missing, said so in the output) and evaluates each on the test split:
+digits when it is missing, said so in the output) and evaluates each on the test split. With
+``--engines ours,official`` the methods the official script trains (ST, SAT, NoFrost) are also
+trained by the official loop (``official_train.py``: PGDAT.py's loop and step, its own data order
+and RNG; the same model, data subset, schedule and hyper-parameters), and evaluated by the same
+code. ``--seeds N`` trains every (engine, method) with N seeds; the table shows mean +- standard
+deviation over seeds, and a verdict line per method says whether ours minus official is within
+two standard errors on every metric.
 
     ST (BN)       resnet26_small         st        standard training: the clean ceiling
     SAT (BN)      resnet26_small         sat       PGD adversarial training
@@ -20,7 +27,8 @@ Outputs: a Table 1 style table (printed and written as Markdown), JSON, and a Fi
 PNG (x: PGD-20 accuracy, y: clean accuracy; one point per method, MBNAT a line over gamma),
 under benchmarks/results/<device>/ (or $OUT/); the training runs go to ``--out``.
 
-    python benchmarks/fidelity.py --quick                 # 2-core CPU, under 30 minutes idle
+    python benchmarks/fidelity.py --quick                 # 2-core CPU
+    python benchmarks/fidelity.py --quick --engines ours,official --seeds 3 --methods sat_bn,nofrost
     python benchmarks/fidelity.py --device cuda           # full mode, meant for a GPU
     python benchmarks/fidelity.py --quick --methods sat_bn,nofrost --out /tmp/fid --reuse
 """
@@ -32,6 +40,7 @@ import os
 import multiprocessing
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -43,7 +52,8 @@ from typing import NamedTuple, Optional
 import torch
 
 import fastnofrost
-from results_io import save_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from official_train import LAMBDAS as OFFICIAL_METHODS  # benchmarks/ is on sys.path when run as a script
+from results_io import save_result
 from fastnofrost.attacks import get_attack
 from fastnofrost.data import build_loader
 from fastnofrost.data.datasets import load_fashion_mnist
@@ -51,7 +61,7 @@ from fastnofrost.models import create_model, load_checkpoint
 from fastnofrost.nn import set_bn_mode
 
 REPO = Path(__file__).resolve().parent.parent
-TRAIN = REPO / "fastnofrost" / "train.py"
+ENGINES = {"ours": REPO / "fastnofrost" / "train.py", "official": REPO / "benchmarks" / "official_train.py"}
 MBNAT_GAMMAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 ADVERSARIAL_BASELINES = ("sat_bn", "trades_bn", "mbnat")
 METRICS = {"clean": "Clean", "pgd20": "PGD-20", "apgd_ce": "APGD-CE", "aa": "AA"}
@@ -64,6 +74,17 @@ class Row(NamedTuple):
     norm: str
     model: str
     method: str
+
+
+class Job(NamedTuple):
+    """One training run: a method of the table, the engine that trains it, the seed."""
+    row: Row
+    engine: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.row.key}-{self.engine}-seed{self.seed}"
 
 
 ROWS = (Row("st_bn", "ST", "BN", "resnet26_small", "st"),
@@ -91,7 +112,7 @@ class Schedule:
 
 
 QUICK = Schedule(width=0.25, image_size=16, epochs=4, batch_size=64, lr=0.05, warmup_epochs=0.5, eps=8, steps=5,
-                 train_examples=8000, eval_examples=500, aa_examples=100)
+                 train_examples=8000, eval_examples=2000, aa_examples=500)
 FULL = Schedule(width=1.0, image_size=32, epochs=30, batch_size=256, lr=0.1, warmup_epochs=2, eps=8, steps=10,
                 train_examples=0, eval_examples=10000, aa_examples=1000)
 
@@ -121,44 +142,46 @@ def test_set(data: str, n: int, image_size: int, device: str, seed: int):
 
 # ---------------------------------------------------------------------- training
 
-def train_command(row: Row, sched: Schedule, data: str, device: str, run_dir: Path, seed: int) -> list:
-    """The train.py command line of ``row``: the same schedule flags for every method."""
-    flags = dict(data=data, method=row.method, model=row.model, out=run_dir, device=device, seed=seed,
+def train_command(job: Job, sched: Schedule, data: str, device: str, run_dir: Path) -> list:
+    """The command line of ``job``: the same schedule flags for every method and both engines
+    (train.py also gets: no dropout / drop-path, no validation, no workers, quiet)."""
+    flags = dict(data=data, method=job.row.method, model=job.row.model, out=run_dir, device=device, seed=job.seed,
                  width=sched.width, image_size=sched.image_size, epochs=sched.epochs, batch_size=sched.batch_size,
                  lr=sched.lr, warmup_epochs=sched.warmup_epochs, eps=sched.eps, steps=sched.steps,
-                 train_examples=sched.train_examples, drop=0, drop_path=0, val_every=0, workers=0,
-                 progress="false", tensorboard="false")
-    command = [sys.executable, str(TRAIN)]
+                 train_examples=sched.train_examples)
+    if job.engine == "ours":
+        flags.update(drop=0, drop_path=0, val_every=0, workers=0, progress="false", tensorboard="false")
+    command = [sys.executable, str(ENGINES[job.engine])]
     for name, value in flags.items():
         command += ["--" + name.replace("_", "-"), str(value)]
     return command
 
 
-def train(row: Row, sched: Schedule, data: str, device: str, out: Path, seed: int, reuse: bool,
-          threads: int) -> dict:
-    """Train ``row`` into ``out/<key>`` with ``threads`` CPU threads (or reuse a finished run there);
-    train.py's summary plus ``cpu_s``, the CPU seconds of the training process (None when reused)."""
-    run_dir = out / row.key
+def train(job: Job, sched: Schedule, data: str, device: str, out: Path, reuse: bool, threads: int) -> dict:
+    """Train ``job`` into ``out/<job name>`` with ``threads`` CPU threads (or reuse a finished run
+    there); the engine's summary plus ``cpu_s``, the CPU seconds of the training process (None
+    when reused)."""
+    run_dir = out / job.name
     summary_path = run_dir / "summary.json"
     if reuse and summary_path.is_file() and (run_dir / "final.safetensors").is_file():
-        print(f"[{row.key}] reusing {run_dir}", flush=True)
+        print(f"[{job.name}] reusing {run_dir}", flush=True)
         return {**json.loads(summary_path.read_text()), "cpu_s": None}
     if run_dir.exists():
         raise RuntimeError(f"{run_dir} already exists; pass --reuse to evaluate a finished run, or a new --out")
-    log_path = out / f"{row.key}.log"
-    print(f"[{row.key}] training {row.method} on {row.model} (log: {log_path})", flush=True)
+    log_path = out / f"{job.name}.log"
+    print(f"[{job.name}] training {job.row.method} on {job.row.model} (log: {log_path})", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log_path, "w") as log:
-        done = subprocess.run(train_command(row, sched, data, device, run_dir, seed), cwd=REPO, stdout=log,
+        done = subprocess.run(train_command(job, sched, data, device, run_dir), cwd=REPO, stdout=log,
                               stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
-        raise RuntimeError(f"training {row.key} failed (exit {done.returncode}); last lines of {log_path}:\n{tail}")
+        raise RuntimeError(f"training {job.name} failed (exit {done.returncode}); last lines of {log_path}:\n{tail}")
     summary = json.loads(summary_path.read_text())
     summary["cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    print(f"[{row.key}] trained in {summary['wall_s']:.0f} s ({summary['cpu_s']:.0f} CPU s)", flush=True)
+    print(f"[{job.name}] trained in {summary['wall_s']:.0f} s ({summary['cpu_s']:.0f} CPU s)", flush=True)
     return summary
 
 
@@ -223,6 +246,78 @@ def std_error(percent: float, n: int) -> float:
     return 100 * math.sqrt(p * (1 - p) / max(n, 1))
 
 
+def mean_sd(values: list) -> tuple:
+    """(mean, sample standard deviation); the deviation is None for a single value."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def aggregate(runs: list) -> dict:
+    """``{engine: {method key: summary}}`` over the seeds of each (engine, method): per metric its
+    mean and ``<metric>_sd``; the examples counts, ``n_seeds``, the mean training seconds; for
+    MBNAT its gamma and the curve's mean per gamma. Failed runs are listed, not averaged."""
+    groups = {}
+    for r in runs:
+        groups.setdefault(r["engine"], {}).setdefault(r["key"], []).append(r)
+    out = {}
+    for engine, by_key in groups.items():
+        for key, rs in by_key.items():
+            ok = [r for r in rs if "error" not in r]
+            entry = {"n_seeds": len(ok), "seeds": [r["seed"] for r in ok]}
+            if len(ok) < len(rs):
+                entry["error"] = "; ".join(r["error"].splitlines()[0] for r in rs if "error" in r)
+            if ok:
+                for m in METRICS:
+                    if all(m in r for r in ok):
+                        entry[m], entry[f"{m}_sd"] = mean_sd([r[m] for r in ok])
+                entry["n"], entry["n_aa"] = ok[0]["n"], ok[0].get("n_aa", 0)
+                entry["train_s"] = statistics.fmean(r["train_s"] for r in ok)
+                cpu = [r["train_cpu_s"] for r in ok]
+                entry["train_cpu_s"] = None if None in cpu else statistics.fmean(cpu)
+                if "gamma" in ok[0]:
+                    entry["gamma"] = ok[0]["gamma"]
+                    entry["curve"] = [{"gamma": c[0]["gamma"], **{m: statistics.fmean(x[m] for x in c)
+                                                                  for m in ("clean", "pgd20")}}
+                                      for c in zip(*(r["curve"] for r in ok))]
+            out.setdefault(engine, {})[key] = entry
+    return out
+
+
+def mean_error(entry: dict, metric: str) -> float:
+    """Standard error of an engine's mean of ``metric``: the seeds' deviation / sqrt(seeds); with
+    one seed (or seeds that agree exactly), the binomial error of that accuracy on its examples."""
+    if entry.get(f"{metric}_sd"):
+        return entry[f"{metric}_sd"] / math.sqrt(entry["n_seeds"])
+    return std_error(entry[metric], entry["n_aa"] if metric == "aa" else entry["n"])
+
+
+def verdicts(results: dict) -> list:
+    """Per method trained by both engines: ours minus official per metric, with the standard error
+    of that difference; ``equal`` (within noise) only when every |difference| < 2 standard errors,
+    else ``differs_on`` names the metrics."""
+    ours, official = results.get("ours", {}), results.get("official", {})
+    out = []
+    for key in ours:
+        a, b = ours[key], official.get(key)
+        if b is None or "clean" not in a or "clean" not in b:
+            continue
+        metrics = {m: {"diff": a[m] - b[m], "se": math.hypot(mean_error(a, m), mean_error(b, m))}
+                   for m in METRICS if m in a and m in b}
+        differs = [m for m, d in metrics.items() if not abs(d["diff"]) < 2 * d["se"]]
+        out.append(dict(key=key, metrics=metrics, equal=not differs, differs_on=differs))
+    return out
+
+
+def verdict_text(lines: list) -> str:
+    text = []
+    for v in lines:
+        row = next(r for r in ROWS if r.key == v["key"])
+        parts = ", ".join(f"{METRICS[m]} {d['diff']:+.1f} +- {d['se']:.1f}" for m, d in v["metrics"].items())
+        result = ("equal within noise (every |difference| < 2 standard errors)" if v["equal"] else
+                  "differs on " + ", ".join(METRICS[m] for m in v["differs_on"]) + " (|difference| >= 2 standard errors)")
+        text.append(f"{row.label} ({row.norm}), ours minus official, points: {parts}: {result}")
+    return "\n".join(text)
+
+
 def mbnat_clean_at(curve: list, robust: float) -> Optional[float]:
     """MBNAT's clean accuracy at PGD-20 accuracy ``robust``, linearly interpolated along its gamma
     curve; None when ``robust`` lies outside the curve's range."""
@@ -264,24 +359,37 @@ def row_label(row: Row, result: dict) -> str:
     return f"{row.label} (gamma {result['gamma']:g})" if "gamma" in result else row.label
 
 
-def table(rows, results: dict, eps: float, data: str, n: int, n_aa: int) -> str:
+def cell(entry: dict, metric: str) -> str:
+    if metric not in entry:
+        return "-"
+    sd = entry.get(f"{metric}_sd")
+    return f"{entry[metric]:.1f}" + (f" +- {sd:.1f}" if sd is not None else "")
+
+
+def table(rows, results: dict, eps: float, data: str, n: int, n_aa: int, seeds: int) -> str:
     """Markdown table laid out like the paper's Table 1 (accuracies on ``n`` test images, AA on
-    ``n_aa``), plus the MBNAT curve."""
-    head = (f"| Method | Norm | Clean | PGD-20 | APGD-CE | AA (n={n_aa}) | Train s (CPU s) |\n"
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    ``n_aa``; mean +- sd over ``seeds``), one line per (method, engine), plus the MBNAT curve."""
+    head = (f"| Method | Norm | Engine | Clean | PGD-20 | APGD-CE | AA (n={n_aa}) | Train s (CPU s) |\n"
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     lines = [head]
     for row in rows:
-        r = results.get(row.key, {})
-        if "error" in r:
-            lines.append(f"| {row.label} | {row.norm} | failed: {r['error'].splitlines()[0]} | | | | |")
-            continue
-        cells = [f"{r[m]:.1f}" if m in r else "-" for m in METRICS]
-        cpu = f" ({r['train_cpu_s']:.0f})" if r["train_cpu_s"] is not None else ""
-        lines.append(f"| {row_label(row, r)} | {row.norm} | " + " | ".join(cells) + f" | {r['train_s']:.0f}{cpu} |")
+        for engine in ENGINES:
+            r = results.get(engine, {}).get(row.key)
+            if r is None:
+                continue
+            if "clean" not in r:
+                lines.append(f"| {row.label} | {row.norm} | {engine} | failed: {r.get('error', '?')} | | | | |")
+                continue
+            cells = [cell(r, m) for m in METRICS]
+            cpu = f" ({r['train_cpu_s']:.0f})" if r["train_cpu_s"] is not None else ""
+            lines.append(f"| {row_label(row, r)} | {row.norm} | {engine} | " + " | ".join(cells)
+                         + f" | {r['train_s']:.0f}{cpu} |")
     aa_error = f" ({std_error(50, n_aa):.1f} for AA)" if n_aa else ""
-    lines.append(f"\nAccuracy (%) on {n} {data} test images (AA on the first {n_aa}); L-inf eps {eps:g}/255, "
-                 f"the training eps. Standard error at 50%: {std_error(50, n):.1f} points{aa_error}.")
-    curve = results.get("mbnat", {}).get("curve")
+    spread = f"mean +- standard deviation over {seeds} seeds; " if seeds > 1 else ""
+    lines.append(f"\nAccuracy (%) on {n} {data} test images (AA on the first {n_aa}); {spread}L-inf eps {eps:g}/255, "
+                 f"the training eps. Binomial standard error of one model at 50%: {std_error(50, n):.1f} points"
+                 f"{aa_error}. Train s: mean wall seconds of one run (its CPU seconds).")
+    curve = results.get("ours", {}).get("mbnat", {}).get("curve")
     if curve:
         lines += ["", "| MBNAT gamma | Clean | PGD-20 |", "| ---: | ---: | ---: |"]
         lines += [f"| {c['gamma']:.2f} | {c['clean']:.1f} | {c['pgd20']:.1f} |" for c in curve]
@@ -306,15 +414,16 @@ def comparison_text(lines: list) -> str:
 
 
 def figure(rows, results: dict, path: Path, title: str) -> None:
-    """Figure 2 style: clean vs PGD-20 accuracy, one labelled point per method, MBNAT a line over gamma."""
+    """Figure 2 style: clean vs PGD-20 accuracy (means over seeds), one labelled point per method
+    and engine (the official loop's hollow), MBNAT a line over gamma."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for row in rows:
-        r = results.get(row.key, {})
+    for engine, row in ((e, row) for e in ENGINES for row in rows):
+        r = results.get(engine, {}).get(row.key, {})
         if "clean" not in r:
             continue
         if "curve" in r:
@@ -325,9 +434,10 @@ def figure(rows, results: dict, path: Path, title: str) -> None:
                             fontsize=7, color="tab:gray")
             continue
         marker = "*" if row.key == "nofrost" else "o"
-        ax.plot(r["pgd20"], r["clean"], marker, ms=14 if marker == "*" else 7)
-        ax.annotate(f"{row.label} ({row.norm})", (r["pgd20"], r["clean"]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
+        style = dict(mfc="none") if engine == "official" else {}
+        ax.plot(r["pgd20"], r["clean"], marker, ms=14 if marker == "*" else 7, **style)
+        ax.annotate(f"{row.label} ({row.norm})" + (", official" if engine == "official" else ""),
+                    (r["pgd20"], r["clean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel("robust accuracy, PGD-20 (%)")
     ax.set_ylabel("clean accuracy (%)")
     ax.set_title(title, fontsize=9)
@@ -360,7 +470,11 @@ def parse(argv=None):
                    help="folder of the training runs (default benchmarks/results/<device>/fidelity-runs/<mode>-<time>)")
     p.add_argument("--reuse", action="store_true", help="evaluate finished runs found in --out instead of training")
     p.add_argument("--mbnat-gamma", type=float, default=0.5, help="BN mix gamma of MBNAT's table row")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engines", default="ours",
+                   help="comma-separated: ours (fastnofrost/train.py), official (official_train.py: PGDAT.py's loop; "
+                        f"methods {', '.join(r.key for r in ROWS if r.method in OFFICIAL_METHODS)})")
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per (engine, method): --seed, --seed + 1, ...")
     p.add_argument("--jobs", type=int, default=None,
                    help="methods trained and evaluated at once (default: 2 with --quick on a CPU of >= 2 cores, "
                         "else 1)")
@@ -375,6 +489,17 @@ def parse(argv=None):
     unknown = sorted(set(keys) - {r.key for r in ROWS})
     if unknown:
         p.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(r.key for r in ROWS)}")
+    engines = args.engines.split(",")
+    if not engines or set(engines) - set(ENGINES):
+        p.error(f"--engines: choose from {', '.join(ENGINES)}, got {args.engines!r}")
+    if "official" in engines:
+        unsupported = [k for k in keys if next(r for r in ROWS if r.key == k).method not in OFFICIAL_METHODS]
+        if unsupported:
+            p.error(f"--engines official: the official loop trains {', '.join(sorted(OFFICIAL_METHODS))} only; "
+                    f"drop {', '.join(unsupported)} from --methods")
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
+    args.engines = [e for e in ENGINES if e in engines]
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA device is visible")
     cores = os.cpu_count() or 1
@@ -389,32 +514,34 @@ def parse(argv=None):
     return args, [r for r in ROWS if r.key in keys], sched, mode, out
 
 
-def run_row(row: Row, sched: Schedule, data: str, args, out: Path, x, y) -> dict:
-    """Train and evaluate one method (in a worker process of ``args.threads`` threads); a failure
-    is recorded, not raised, so the other methods still run."""
+def run_job(job: Job, sched: Schedule, data: str, args, out: Path, x, y) -> dict:
+    """Train and evaluate one run (in a worker process of ``args.threads`` threads); a failure is
+    recorded, not raised, so the other runs still go on."""
     torch.set_num_threads(args.threads)
+    head = dict(engine=job.engine, key=job.row.key, seed=job.seed, run_dir=str(out / job.name))
     try:
-        summary = train(row, sched, data, args.device, out, args.seed, args.reuse, args.threads)
-        model = load_model(row, sched, out / row.key, args.device)
+        summary = train(job, sched, data, args.device, out, args.reuse, args.threads)
+        model = load_model(job.row, sched, out / job.name, args.device)
         t0, c0 = time.time(), time.process_time()
-        result = evaluate_row(row, model, x.to(args.device), y.to(args.device), sched, args.seed, args.mbnat_gamma)
+        result = evaluate_row(job.row, model, x.to(args.device), y.to(args.device), sched, job.seed,
+                              args.mbnat_gamma)
     except (RuntimeError, ValueError, OSError) as exc:
-        print(f"[{row.key}] FAILED: {exc}", flush=True)
-        return {"error": str(exc)}
-    result.update(train_s=summary["wall_s"], train_cpu_s=summary["cpu_s"], eval_s=time.time() - t0,
-                  eval_cpu_s=time.process_time() - c0, run_dir=str(out / row.key))
-    print(f"[{row.key}] clean {result['clean']:.1f}  PGD-20 {result['pgd20']:.1f}  APGD-CE {result['apgd_ce']:.1f}"
+        print(f"[{job.name}] FAILED: {exc}", flush=True)
+        return {**head, "error": str(exc)}
+    result.update(head, train_s=summary["wall_s"], train_cpu_s=summary["cpu_s"], eval_s=time.time() - t0,
+                  eval_cpu_s=time.process_time() - c0)
+    print(f"[{job.name}] clean {result['clean']:.1f}  PGD-20 {result['pgd20']:.1f}  APGD-CE {result['apgd_ce']:.1f}"
           + (f"  AA {result['aa']:.1f}" if "aa" in result else "") + f"  (eval {result['eval_s']:.0f} s)", flush=True)
     return result
 
 
-def run_all(rows, sched: Schedule, data: str, args, out: Path, x, y) -> dict:
-    """Every method, ``args.jobs`` at a time in spawned worker processes of ``args.threads``
-    threads each; results in table order."""
+def run_all(jobs, sched: Schedule, data: str, args, out: Path, x, y) -> list:
+    """Every run, ``args.jobs`` at a time in spawned worker processes of ``args.threads`` threads
+    each; results in job order."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        futures = {row.key: pool.submit(run_row, row, sched, data, args, out, x, y) for row in rows}
-        return {key: future.result() for key, future in futures.items()}
+        futures = [pool.submit(run_job, job, sched, data, args, out, x, y) for job in jobs]
+        return [future.result() for future in futures]
 
 
 def main(argv=None) -> dict:
@@ -424,20 +551,30 @@ def main(argv=None) -> dict:
     data, note = pick_data(args.data)
     torch.manual_seed(args.seed)
     x, y = test_set(data, sched.eval_examples, sched.image_size, "cpu", args.seed)
-    print(f"fidelity ({mode}) on {data}: {len(rows)} method(s), {args.jobs} at a time x {args.threads} thread(s), "
-          f"{sched}; runs in {out}; load average {info['load_start']}", flush=True)
-    results = run_all(rows, sched, data, args, out, x, y)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    jobs = [Job(row, engine, seed) for row in rows for engine in args.engines for seed in seeds]
+    print(f"fidelity ({mode}) on {data}: {len(rows)} method(s) x engines {', '.join(args.engines)} x {len(seeds)} "
+          f"seed(s) = {len(jobs)} runs, {args.jobs} at a time x {args.threads} thread(s), {sched}; runs in {out}; "
+          f"load average {info['load_start']}", flush=True)
+    runs = run_all(jobs, sched, data, args, out, x, y)
+    results = aggregate(runs)
     info.update(load_end=os.getloadavg(), wall_s=time.time() - started)
-    compared = comparisons(results)
+    compared = comparisons(results.get("ours", {}))
+    judged = verdicts(results)
     title = (f"{data}, ResNet-26 small (width {sched.width:g}, {sched.image_size}px), {sched.epochs} epochs, "
              f"eps {sched.eps:g}/255 ({mode} mode)")
-    body = table(rows, results, sched.eps, data, len(y), min(sched.aa_examples, len(y)))
+    body = table(rows, results, sched.eps, data, len(y), min(sched.aa_examples, len(y)), len(seeds))
     markdown = f"## Fidelity: {title}\n\n{body}\n\n{comparison_text(compared)}\n"
+    if judged:
+        markdown += f"\n{verdict_text(judged)}\n"
+    markdown += (f"\nWall time {info['wall_s'] / 60:.1f} min for {len(jobs)} runs, {args.jobs} at a time x "
+                 f"{args.threads} thread(s); load average {info['load_start'][0]:.2f} at the start, "
+                 f"{info['load_end'][0]:.2f} at the end ({os.cpu_count()} cores).\n")
     print("\n" + markdown)
-    print(f"total wall time {info['wall_s']:.0f} s; load average start {info['load_start']} end {info['load_end']}")
     result = dict(info=info, mode=mode, data=data, data_note=note, schedule=dataclasses.asdict(sched),
-                  jobs=args.jobs, threads=args.threads, mbnat_gamma=args.mbnat_gamma, seed=args.seed, runs=str(out),
-                  results=results, comparisons=compared, methods={r.key: r._asdict() for r in rows})
+                  jobs=args.jobs, threads=args.threads, engines=args.engines, seeds=seeds,
+                  mbnat_gamma=args.mbnat_gamma, runs_dir=str(out), runs=runs, results=results, comparisons=compared,
+                  verdicts=judged, methods={r.key: r._asdict() for r in rows})
     json_path = save_result(f"fidelity_{mode}.json", args.device, result)
     json_path.with_suffix(".md").write_text(markdown)
     figure(rows, results, json_path.with_suffix(".png"), title)

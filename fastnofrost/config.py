@@ -18,6 +18,7 @@ from typing import List, Optional
 from .attacks.base import COMPILE_LEVELS, PRECISIONS as ATTACK_PRECISIONS
 from .data import BACKENDS as DATA_BACKENDS, DATASETS
 from .methods import METHODS
+from .methods.base import dual_bn_problem
 
 PRECISIONS = ("auto",) + tuple(ATTACK_PRECISIONS)
 BACKENDS = ("auto",) + DATA_BACKENDS
@@ -29,12 +30,23 @@ RETIRED = {"compile_attack": "--compile-attack was replaced by --compile none|at
                              "on CUDA); the attack's compile mode follows the device (CUDA graphs on CUDA)"}
 
 
+# --recipe presets: the fields each sets, under the flags and the config file. official-script:
+# PGDAT.py's argparse defaults (7 attack steps, 5 validation steps), its CosineAnnealingLR stepped
+# per epoch and its SGD over model.parameters() (weight decay on every parameter)
+RECIPES = {"paper": {}, "official-script": dict(steps=7, val_steps=5, lr_schedule="epoch", decay_all=True)}
+LR_SCHEDULES = ("step", "epoch")
+
+
 def _f(default, help, flag=None, **kw):
     return field(default=default, metadata=dict(help=help, flag=flag, **kw))
 
 
 @dataclass
 class TrainConfig:
+    recipe: str = _f("paper", "paper (the defaults listed here: the NoFrost paper's recipe) or official-script "
+                              "(PGDAT.py's own defaults: " + ", ".join(f"{k}={v}" for k, v in
+                                                                       RECIPES["official-script"].items())
+                     + "); other flags override the preset")
     # model
     model: str = _f("nf_resnet50", "model name (fastnofrost.models.list_models())")
     width: float = _f(1.0, "channel width multiplier")
@@ -60,6 +72,10 @@ class TrainConfig:
     nesterov: bool = _f(True, "SGD Nesterov momentum")
     wd: float = _f(5e-5, "weight decay")
     warmup_epochs: float = _f(0.0, "linear warm-up epochs before the cosine schedule")
+    lr_schedule: str = _f("step", "step (the cosine moves every optimizer step) or epoch (once per epoch, as the "
+                                  "official script's CosineAnnealingLR)")
+    decay_all: bool = _f(False, "weight decay on every parameter, biases and 1-d parameters included (the "
+                                "official script); default: on weights of 2 or more dims only (timm's recipe)")
     smoothing: float = _f(0.1, "label smoothing")
     optimizer: str = _f("sgd", "sgd (torch, fused on CUDA) or adamw (DeepSpeed FusedAdam on CUDA)")
     grad_accum: int = _f(1, "gradient accumulation steps")
@@ -158,6 +174,8 @@ def _problems(c: TrainConfig, world_size: int) -> List[str]:
     need(0 <= c.warmup_epochs < c.epochs, f"--warmup-epochs must be in [0, epochs), got {c.warmup_epochs}")
     need(0 <= c.smoothing < 1, f"--smoothing must be in [0, 1), got {c.smoothing}")
     need(c.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
+    need(c.recipe in RECIPES, f"--recipe must be one of {', '.join(RECIPES)}, got {c.recipe!r}")
+    need(c.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {c.lr_schedule!r}")
     need(c.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
     need(c.zero_stage in (0, 1, 2), f"--zero-stage must be 0, 1 or 2, got {c.zero_stage}")
     need(c.deepspeed_config is None or os.path.isfile(c.deepspeed_config),
@@ -190,6 +208,8 @@ def _problems(c: TrainConfig, world_size: int) -> List[str]:
         need(path is None or os.path.isfile(path), f"--{path_field.replace('_', '-')} {path} does not exist")
     need(c.method == "nofrost_star" or (c.deepaugment_edsr is None and c.deepaugment_cae is None),
          "--deepaugment-edsr / --deepaugment-cae only apply to --method nofrost_star")
+    if METHODS.get(c.method) is not None and METHODS[c.method].needs_dual_bn and c.model in list_models():
+        need("_dualbn" in c.model, dual_bn_problem(c.method, c.model))
     return bad
 
 
@@ -280,6 +300,7 @@ def load_config(argv=None, world_size: int = 1) -> TrainConfig:
     given = {**(_from_yaml(yaml_path) if yaml_path else {}), **args}
     demo = given.get("data") is None and given.get("data_backend") != "synthetic"
     values = dict(DEMO) if demo else {}
+    values.update(RECIPES.get(given.get("recipe", "paper"), {}))  # an unknown recipe: validate() says so
     values.update(given)
     try:
         config = TrainConfig(**values)

@@ -146,7 +146,8 @@ class Trainer:
         ds_config = deepspeed_config(cfg, self.world, self.precision)
         groups = param_groups(cfg, model)
         warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
-        factor = cosine_with_warmup(cfg.epochs * self.steps_per_epoch, warmup)
+        factor = cosine_with_warmup(cfg.epochs * self.steps_per_epoch, warmup,
+                                    self.steps_per_epoch if cfg.lr_schedule == "epoch" else 1)
         engine, _, _, scheduler = deepspeed.initialize(
             model=model, model_parameters=groups, optimizer=build_optimizer(cfg, groups, self.device, ds_config),
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor), config=ds_config)

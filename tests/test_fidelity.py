@@ -1,10 +1,18 @@
-"""Smoke test of benchmarks/fidelity.py: a tiny run (two methods on digits through the real
-training engine) writes its table, JSON and figure; MBNAT's curve is read at NoFrost's
-robustness by hand-checked interpolation. No accuracy or timing assertions."""
+"""benchmarks/fidelity.py and its official engine: tiny runs (on digits, through the real training
+engine and the official loop) write their table, JSON and figure; MBNAT's curve is read at
+NoFrost's robustness by hand-checked interpolation; the mean +- sd over seeds and the verdict rule
+by hand; the official loop's step against a transcription of PGDAT.py's loop body (float64).
+No accuracy or timing assertions."""
+import copy
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
+
+import torch
+import torch.nn as nn
 
 import pytest
 
@@ -12,7 +20,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "benchmarks")
 sys.path.insert(0, BENCH)
 
-from fidelity import MBNAT_GAMMAS, comparisons, mbnat_clean_at  # noqa: E402  (benchmarks/ is not a package)
+from fidelity import MBNAT_GAMMAS, aggregate, comparisons, mbnat_clean_at, verdicts  # noqa: E402  (not a package)
+from official import official_model, official_optimizer, official_step  # noqa: E402
+from fastnofrost.models import create_model  # noqa: E402
 
 CURVE = [{"gamma": 0.0, "clean": 90.0, "pgd20": 10.0}, {"gamma": 0.5, "clean": 80.0, "pgd20": 40.0},
          {"gamma": 1.0, "clean": 70.0, "pgd20": 60.0}]
@@ -45,12 +55,153 @@ def test_tiny_run_writes_table_json_and_figure(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     result = json.loads((tmp_path / "results" / "fidelity_quick.json").read_text())
     assert result["data"] == "digits" and result["schedule"]["epochs"] == 1
-    assert set(result["results"]) == {"mbnat", "nofrost"}
-    for r in result["results"].values():
+    assert set(result["results"]) == {"ours"} and set(result["results"]["ours"]) == {"mbnat", "nofrost"}
+    assert [(r["key"], r["engine"], r["seed"]) for r in result["runs"]] == [("mbnat", "ours", 0), ("nofrost", "ours", 0)]
+    for r in result["runs"]:
         assert "error" not in r and r["n"] == 16 and "aa" not in r
         assert all(0 <= r[m] <= 100 for m in ("clean", "pgd20", "apgd_ce")) and r["train_s"] > 0
-    assert [c["gamma"] for c in result["results"]["mbnat"]["curve"]] == list(MBNAT_GAMMAS)
+    assert [c["gamma"] for c in result["results"]["ours"]["mbnat"]["curve"]] == list(MBNAT_GAMMAS)
     assert {c["baseline"] for c in result["comparisons"]} == {"mbnat", "mbnat_curve_at_nofrost_pgd20"}
     markdown = (tmp_path / "results" / "fidelity_quick.md").read_text()
-    assert "| NoFrost | NF |" in markdown and "| MBNAT (gamma 0.5) | dual BN |" in markdown
+    assert "| NoFrost | NF | ours |" in markdown and "| MBNAT (gamma 0.5) | dual BN | ours |" in markdown
     assert (tmp_path / "results" / "fidelity_quick.png").stat().st_size > 0
+
+
+def run(engine, key, seed, clean, pgd20, apgd_ce, n=1000):
+    return dict(engine=engine, key=key, seed=seed, clean=clean, pgd20=pgd20, apgd_ce=apgd_ce, n=n, train_s=10.0,
+                train_cpu_s=20.0)
+
+
+def test_mean_sd_over_seeds_and_the_verdict_rule_by_hand():
+    runs = [run("ours", "nofrost", 0, 80.0, 50.0, 40.0), run("ours", "nofrost", 1, 82.0, 52.0, 40.0),
+            run("ours", "nofrost", 2, 84.0, 54.0, 40.0),
+            run("official", "nofrost", 0, 78.0, 50.0, 50.0), run("official", "nofrost", 1, 80.0, 52.0, 50.0),
+            run("official", "nofrost", 2, 82.0, 54.0, 50.0)]
+    results = aggregate(runs)
+    ours = results["ours"]["nofrost"]
+    assert (ours["clean"], ours["clean_sd"], ours["n_seeds"]) == (82.0, 2.0, 3)  # mean 82, sd sqrt(8 / 2)
+    assert ours["apgd_ce_sd"] == 0.0 and ours["train_s"] == 10.0
+    (v,) = verdicts(results)
+    # clean: +2 with se sqrt(2 * (2 / sqrt 3)^2) = 1.63: within 2 se; PGD-20: 0; APGD-CE: -10, both
+    # sds 0, so each mean's se is the binomial one on 1000 examples: 100 sqrt(.4 .6 / 1000), 100 sqrt(.5 .5 / 1000)
+    assert v["metrics"]["clean"]["diff"] == 2.0
+    assert math.isclose(v["metrics"]["clean"]["se"], math.sqrt(2) * 2 / math.sqrt(3))
+    assert math.isclose(v["metrics"]["apgd_ce"]["se"], math.hypot(math.sqrt(2.4), math.sqrt(2.5)))
+    assert (v["equal"], v["differs_on"]) == (False, ["apgd_ce"])
+    # within noise everywhere (APGD-CE -4 with se 2.23): equal
+    close = [dict(r, apgd_ce=r["apgd_ce"] + (6.0 if r["engine"] == "ours" else 0.0)) for r in runs]
+    (v,) = verdicts(aggregate(close))
+    assert (v["equal"], v["differs_on"]) == (True, [])
+    # a method trained by one engine only gets no verdict
+    assert verdicts(aggregate([r for r in runs if r["engine"] == "ours"])) == []
+
+
+def test_two_engines_with_two_seeds_end_to_end(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "results"))
+    command = [sys.executable, os.path.join(BENCH, "fidelity.py"), "--quick", "--data", "digits", "--device", "cpu",
+               "--methods", "nofrost", "--engines", "ours,official", "--seeds", "2", "--jobs", "2", "--threads", "1",
+               "--out", str(tmp_path / "runs"), "--epochs", "2", "--train-examples", "128", "--image-size", "8",
+               "--steps", "1", "--eval-examples", "32", "--aa-examples", "0"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    result = json.loads((tmp_path / "results" / "fidelity_quick.json").read_text())
+    assert sorted((r["engine"], r["seed"]) for r in result["runs"]) == [("official", 0), ("official", 1),
+                                                                        ("ours", 0), ("ours", 1)]
+    for r in result["runs"]:
+        assert "error" not in r and r["n"] == 32
+        summary = json.loads((tmp_path / "runs" / f"nofrost-{r['engine']}-seed{r['seed']}" / "summary.json").read_text())
+        assert summary["wall_s"] > 0 and (summary.get("engine") == "official") == (r["engine"] == "official")
+    for engine in ("ours", "official"):
+        values = [r["clean"] for r in result["runs"] if r["engine"] == engine]
+        entry = result["results"][engine]["nofrost"]
+        assert entry["clean"] == statistics.fmean(values) and entry["clean_sd"] == statistics.stdev(values)
+    (v,) = result["verdicts"]
+    assert v["key"] == "nofrost" and set(v["metrics"]) == {"clean", "pgd20", "apgd_ce"}
+    assert v["equal"] == all(abs(d["diff"]) < 2 * d["se"] for d in v["metrics"].values())
+    markdown = (tmp_path / "results" / "fidelity_quick.md").read_text()
+    assert "| NoFrost | NF | official |" in markdown and "ours minus official" in markdown
+
+
+def test_official_engine_refuses_methods_the_official_script_does_not_train(tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(BENCH, "fidelity.py"), "--quick", "--methods", "trades_bn",
+                           "--engines", "ours,official", "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "the official loop trains" in done.stderr
+
+
+# ------------------------------------------------------------ the official loop's step against PGDAT.py
+
+class _Delta:  # advertorch's perturb_iterative, transcribed (L-inf, sign step, ball then box)
+    @staticmethod
+    def perturb(predict, x, y, eps, nb_iter, eps_iter, delta):
+        loss_fn = nn.CrossEntropyLoss(reduction="sum")
+        delta.requires_grad_()
+        for _ in range(nb_iter):
+            loss = loss_fn(predict(x + delta), y)
+            loss.backward()
+            grad_sign = delta.grad.data.sign()
+            delta.data = delta.data + eps_iter * grad_sign
+            delta.data = torch.clamp(delta.data, -eps, eps)
+            delta.data = torch.clamp(x.data + delta.data, 0.0, 1.0) - x.data
+            delta.grad.data.zero_()
+        return torch.clamp(x + delta, 0.0, 1.0)
+
+
+def label_smoothing_ce(x, target, smoothing=0.1):  # timm's LabelSmoothingCrossEntropy, transcribed
+    logprobs = torch.log_softmax(x, dim=-1)
+    nll_loss = -logprobs.gather(dim=-1, index=target.unsqueeze(1)).squeeze(1)
+    smooth_loss = -logprobs.mean(dim=-1)
+    return ((1.0 - smoothing) * nll_loss + smoothing * smooth_loss).mean()
+
+
+def pgdat_loop_body(model, optimizer, images, labels, eps, nb_iter, eps_iter, lam):
+    """PGDAT.py's training loop body, transcribed: clean forward, the attack (advertorch's
+    PGDAttack with rand_init inside ctx_noparamgrad_and_eval), adversarial forward, mixed loss."""
+    logits = model(images)
+    loss_clean = label_smoothing_ce(logits, labels)
+    training = {m: m.training for m in model.modules()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    delta = torch.zeros_like(images)
+    delta.data.uniform_(-1, 1)  # rand_init_delta
+    delta.data = eps * delta.data
+    delta.data = torch.clamp(images + delta.data, 0.0, 1.0) - images
+    images_adv = _Delta.perturb(model, images, labels, eps, nb_iter, eps_iter, delta).detach()
+    for m, t in training.items():
+        m.training = t
+    for p, f in flags.items():
+        p.requires_grad_(f)
+    logits_adv = model(images_adv)
+    loss_adv = label_smoothing_ce(logits_adv, labels)
+    loss = (1 - lam) * loss_clean + lam * loss_adv
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def test_official_step_equals_a_transcription_of_pgdat_loop_body():
+    torch.manual_seed(0)
+    base = official_model(create_model("nf_resnet26_small", num_classes=10, in_chans=1, width=0.25)).double()
+    with torch.no_grad():  # timm's init zeroes each block's last gain: give the branches signal
+        for name, p in base.named_parameters():
+            if name.endswith("gain"):
+                p.uniform_(0.5, 1.5)
+    x, y = torch.rand(8, 1, 16, 16, dtype=torch.float64), torch.randint(0, 10, (8,))
+    eps, steps, alpha, lam = 8 / 255, 3, 2 / 255, 0.5
+    models = [copy.deepcopy(base).train(), copy.deepcopy(base).train()]
+    optimizers = [official_optimizer(m, 0.1, 0.9, 5e-5) for m in models]
+    losses = []
+    for _ in range(2):  # two steps: momentum and weight decay of the second step too
+        torch.manual_seed(1)
+        ours = official_step(models[0], optimizers[0], steps, eps, alpha, lam, smoothing=0.1)(x, y)[1]
+        torch.manual_seed(1)
+        theirs = pgdat_loop_body(models[1], optimizers[1], x, y, eps, steps, alpha, lam)
+        losses.append((ours, theirs))
+    for ours, theirs in losses:
+        assert math.isclose(ours, theirs, rel_tol=1e-12)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert any((a - b).abs().max() > 0 for a, b in zip(models[0].parameters(), base.parameters()))

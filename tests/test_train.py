@@ -283,6 +283,53 @@ def test_defaults_reproduce_the_recipe_and_the_demo_preset():
     assert explicit.width == 1.0 and explicit.epochs == 90  # no preset once data is given
 
 
+def test_official_script_recipe_sets_exactly_its_fields_and_the_flags_override_it(tmp_path):
+    paper = load_config(["--data", "digits"])
+    official = load_config(["--data", "digits", "--recipe", "official-script"])
+    changed = {f.name: (getattr(paper, f.name), getattr(official, f.name)) for f in dataclasses.fields(TrainConfig)
+               if getattr(paper, f.name) != getattr(official, f.name)}
+    assert changed == {"recipe": ("paper", "official-script"), "steps": (10, 7), "val_steps": (10, 5),
+                       "lr_schedule": ("step", "epoch"), "decay_all": (False, True)}
+    mixed = load_config(["--data", "digits", "--recipe", "official-script", "--steps", "3", "--lr-schedule", "step"])
+    assert (mixed.steps, mixed.lr_schedule, mixed.val_steps, mixed.decay_all) == (3, "step", 5, True)
+    path = tmp_path / "run.yaml"  # a config file overrides the preset too, and the flags the file
+    path.write_text("recipe: official-script\nval-steps: 9\n")
+    c = load_config(["--config", str(path), "--data", "digits", "--decay-all", "false"])
+    assert (c.steps, c.val_steps, c.decay_all, c.lr_schedule) == (7, 9, False, "epoch")
+    with pytest.raises(ConfigError, match="--recipe must be one of paper, official-script"):
+        load_config(["--recipe", "pgdat"])
+    with pytest.raises(ConfigError, match="--lr-schedule must be one of step, epoch"):
+        load_config(["--lr-schedule", "hourly"])
+
+
+def test_per_epoch_cosine_is_torch_cosine_annealing_stepped_per_epoch():
+    from fastnofrost.training.schedule import cosine_with_warmup
+
+    epochs, per_epoch = 6, 4
+    factor = cosine_with_warmup(epochs * per_epoch, 0, per_epoch)
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    for epoch in range(epochs):
+        for i in range(per_epoch):
+            assert factor(epoch * per_epoch + i) == pytest.approx(optimizer.param_groups[0]["lr"], abs=1e-12)
+        optimizer.step()
+        reference.step()
+    per_step = cosine_with_warmup(epochs * per_epoch, 0)
+    assert per_step(1) < per_step(0) == factor(1)  # the default moves every step
+
+
+def test_decay_all_puts_every_parameter_under_weight_decay():
+    from fastnofrost.training.engine import param_groups
+
+    model = tiny("nf_resnet26_small")
+    params = list(model.parameters())
+    decay, no_decay = param_groups(TrainConfig(), model)
+    assert no_decay["params"] and no_decay["weight_decay"] == 0.0  # biases and 1-d parameters
+    assert all(p.ndim <= 1 for p in no_decay["params"]) and len(decay["params"]) + len(no_decay["params"]) == len(params)
+    decay, no_decay = param_groups(TrainConfig(decay_all=True, wd=1e-3), model)
+    assert len(decay["params"]) == len(params) and decay["weight_decay"] == 1e-3 and not no_decay["params"]
+
+
 def test_yaml_config_and_precedence(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("method: trades\nlambda: 0.25\nbatch-size: 128\nbeta: 3\n")

@@ -54,6 +54,12 @@ class View(NamedTuple):
     before: Optional[Callable[[], None]] = None
 
 
+def dual_bn_problem(method: str, got: str) -> str:
+    """The one sentence for a dual-BN method (``needs_dual_bn``) given another model: said by
+    :meth:`Method.check_model` of a built model and by the run's config check of a model name."""
+    return f"--method {method} needs a dual-BN model (a *_dualbn model, for example resnet50_dualbn), got {got}"
+
+
 def couples_samples(model: nn.Module) -> bool:
     """True when a layer normalizes over the batch (BatchNorm, SyncBatchNorm, dual BN)."""
     return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, DualBatchNorm2d)) for m in model.modules())
@@ -88,8 +94,7 @@ class Method:
 
     def check_model(self, model: nn.Module) -> None:
         if self.needs_dual_bn and not any(isinstance(m, DualBatchNorm2d) for m in model.modules()):
-            raise ValueError(f"method {self.name!r} needs a dual-BN model (for example resnet50_dualbn), got "
-                             f"{type(model).__name__} without DualBatchNorm2d layers")
+            raise ValueError(dual_bn_problem(self.name, f"{type(model).__name__} without DualBatchNorm2d layers"))
 
     def attack(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor, **changes) -> torch.Tensor:
         """x* by the one PGD loop: this run's attack, with ``changes`` to its fields (TRADES' KL

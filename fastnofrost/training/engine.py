@@ -63,10 +63,11 @@ def deepspeed_config(cfg: TrainConfig, world: int, precision: str) -> dict:
 
 
 def param_groups(cfg: TrainConfig, model: torch.nn.Module) -> list:
-    """No weight decay on biases and other 1-d parameters (timm's recipe)."""
+    """No weight decay on biases and other 1-d parameters (timm's recipe); with ``decay_all``
+    (the official script) weight decay on every parameter."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        (no_decay if not cfg.decay_all and (p.ndim <= 1 or name.endswith(".bias")) else decay).append(p)
     return [{"params": decay, "weight_decay": cfg.wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 
