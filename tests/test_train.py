@@ -687,7 +687,7 @@ def test_no_host_read_inside_training_steps(tmp_path, method, extra):
     attacks, steps = 4, 2  # one attack per step; PGD-2 (train_cmd's --steps)
     expected = {name: attacks for name in NEEDED_READS if method != "trades"}  # TRADES: a Gaussian start
     if method == "fat":  # the early stop asks the host, per PGD step, whether any sample still moves
-        expected["__bool__ in pgd.py:pgd"] = attacks * steps
+        expected["__bool__ in pgd.py:run"] = attacks * steps
     assert result["calls"] == expected
 
 

@@ -15,7 +15,7 @@ for APGD-T too. Inputs misclassified already are returned unchanged; for the oth
 is a misclassified iterate if one was found, else the point of highest objective.
 """
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import Optional
 
 import torch
 
@@ -77,10 +77,10 @@ class APGD(Attack):
     """APGD with ``loss`` 'ce' or 'dlr' (APGD-CE / APGD-DLR), or targeted DLR over
     ``n_target_classes`` targets (APGD-T, ``targeted=True``); ``steps`` iterations per run and
     ``restarts`` runs per target (see the module doc)."""
-    name: ClassVar[str] = "apgd_ce"
-    menu: ClassVar[Optional[str]] = "apgd-ce"
-    title: ClassVar[str] = "APGD-CE"
-    budget: ClassVar = ("apgd_steps", "steps")
+    name = "apgd_ce"
+    menu = "apgd-ce"
+    title = "APGD-CE"
+    budget = ("apgd_steps", "steps")
     eps: float = 8 / 255
     steps: int = 100
     loss: str = "ce"
@@ -137,18 +137,18 @@ class APGD(Attack):
 @dataclass(frozen=True)
 class APGDDLR(APGD):
     """APGD on the DLR loss."""
-    name: ClassVar[str] = "apgd_dlr"
-    menu: ClassVar[Optional[str]] = "apgd-dlr"
-    title: ClassVar[str] = "APGD-DLR"
+    name = "apgd_dlr"
+    menu = "apgd-dlr"
+    title = "APGD-DLR"
     loss: str = "dlr"
 
 
 @dataclass(frozen=True)
 class APGDT(APGD):
     """APGD on targeted DLR against the 9 most likely other classes (AutoAttack's APGD-T)."""
-    name: ClassVar[str] = "apgd_t"
-    menu: ClassVar[Optional[str]] = None
-    title: ClassVar[str] = "APGD-T"
+    name = "apgd_t"
+    menu = None
+    title = "APGD-T"
     loss: str = "dlr"
     targeted: bool = True
 

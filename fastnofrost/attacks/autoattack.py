@@ -9,7 +9,6 @@ and weight standardization computed once per layer for the entire AutoAttack run
 ``torch.autograd.grad`` / ``.backward`` calls then reach the input only.
 """
 from dataclasses import dataclass
-from typing import ClassVar, Optional
 
 import torch
 
@@ -22,10 +21,10 @@ STANDARD_TARGETS = 9  # target classes of APGD-T and FAB-T in AutoAttack 'standa
 class AutoAttack(Attack):
     """pyautoattack's AutoAttack 'standard' (L-inf) on the model in attack mode; ``batch_size``:
     its inner batch."""
-    name: ClassVar[str] = "autoattack"
-    menu: ClassVar[Optional[str]] = "aa"
-    kind: ClassVar[str] = ENSEMBLE
-    title: ClassVar[str] = "AA"
+    name = "autoattack"
+    menu = "aa"
+    kind = ENSEMBLE
+    title = "AA"
     eps: float = 8 / 255
     seed: int = 0
     batch_size: int = 500

@@ -12,7 +12,7 @@ weights computed once), so no weight gradient is ever computed and nothing of a 
 outlives it: memory is flat in the number of steps.
 """
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Union
+from typing import Optional, Union
 
 import torch
 
@@ -50,10 +50,10 @@ class PGD(Attack):
             dropping those gradients, as an attack with unfrozen parameters would.
         backend: the random start's and step's op backend, 'fused' or 'reference' (eager torch).
     """
-    name: ClassVar[str] = "pgd"
-    menu: ClassVar[Optional[str]] = "pgd"
-    title: ClassVar[str] = "PGD-{steps}"
-    budget: ClassVar = ("steps", "steps")
+    name = "pgd"
+    menu = "pgd"
+    title = "PGD-{steps}"
+    budget = ("steps", "steps")
     eps: float = 8 / 255
     steps: int = 10
     alpha: Optional[float] = None
@@ -137,27 +137,27 @@ class PGD(Attack):
 @dataclass(frozen=True)
 class TargetedPGD(PGD):
     """PGD towards a random other class per sample."""
-    name: ClassVar[str] = "pgd_targeted"
-    menu: ClassVar[Optional[str]] = "pgd-targeted"
-    title: ClassVar[str] = "PGD-T"
+    name = "pgd_targeted"
+    menu = "pgd-targeted"
+    title = "PGD-T"
     targeted: bool = True
 
 
 @dataclass(frozen=True)
 class CW(PGD):
     """PGD on the CW margin loss (confidence 50)."""
-    name: ClassVar[str] = "cw"
-    menu: ClassVar[Optional[str]] = "cw"
-    title: ClassVar[str] = "CW"
+    name = "cw"
+    menu = "cw"
+    title = "CW"
     loss: str = "cw"
 
 
 @dataclass(frozen=True)
 class MIA(PGD):
     """Momentum iterative attack (MI-FGSM, Dong et al. 2018): decay 1.0, no random start."""
-    name: ClassVar[str] = "mia"
-    menu: ClassVar[Optional[str]] = "mia"
-    title: ClassVar[str] = "MIA"
+    name = "mia"
+    menu = "mia"
+    title = "MIA"
     random_start: Union[bool, float] = False
     decay: Optional[float] = 1.0
 
@@ -165,9 +165,9 @@ class MIA(PGD):
 @dataclass(frozen=True)
 class BIM(PGD):
     """PGD without random start (basic iterative method)."""
-    name: ClassVar[str] = "bim"
-    menu: ClassVar[Optional[str]] = None
-    title: ClassVar[str] = "BIM-{steps}"
+    name = "bim"
+    menu = None
+    title = "BIM-{steps}"
     random_start: Union[bool, float] = False
 
 

@@ -16,7 +16,6 @@ at the eps-ball; inputs misclassified already are returned as they are.
 """
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Optional
 
 import torch
 
@@ -28,11 +27,11 @@ from .base import (BLACK_BOX, Attack, Precision, attack_mode, check_count, check
 class RayS(Attack):
     """RayS with a budget of ``queries`` predictions per sample (see the module doc;
     deterministic: no seed)."""
-    name: ClassVar[str] = "rays"
-    menu: ClassVar[Optional[str]] = "rays"
-    kind: ClassVar[str] = BLACK_BOX
-    title: ClassVar[str] = "RayS"
-    budget: ClassVar = ("rays_queries", "queries")
+    name = "rays"
+    menu = "rays"
+    kind = BLACK_BOX
+    title = "RayS"
+    budget = ("rays_queries", "queries")
     eps: float = 8 / 255
     queries: int = 10000
     precision: str = "fp32"

@@ -13,7 +13,7 @@ stronger, measured). A sample stops once misclassified (margin < 0) or out of
 queries; the starting point counts as the first query.
 """
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import Optional
 
 import torch
 
@@ -47,11 +47,11 @@ def _margin(logits, y):
 class Square(Attack):
     """Square Attack L-inf with a budget of ``queries`` forward passes per sample (see the
     module doc); ``p_init`` in (0, 1]."""
-    name: ClassVar[str] = "square"
-    menu: ClassVar[Optional[str]] = "square"
-    kind: ClassVar[str] = BLACK_BOX
-    title: ClassVar[str] = "Square"
-    budget: ClassVar = ("square_queries", "queries")
+    name = "square"
+    menu = "square"
+    kind = BLACK_BOX
+    title = "Square"
+    budget = ("square_queries", "queries")
     eps: float = 8 / 255
     queries: int = 5000
     p_init: float = 0.8
