@@ -551,6 +551,38 @@ def budget_arg(name):
     return "queries" if name in ("square", "rays") else "steps"
 
 
+def test_declaring_an_attack_registers_it_and_bad_declarations_fail():
+    from dataclasses import dataclass
+
+    from fastnofrost.attacks import PGD
+    from fastnofrost.attacks.base import REGISTRY, Attack
+
+    try:
+        @dataclass(frozen=True)
+        class Probe(Attack):
+            name = "probe_test"
+            menu = column = None
+            eps: float = 0.1
+
+            def run(self, model, x, y):
+                return x
+
+        assert REGISTRY["probe_test"] is Probe and Probe().eps == 0.1
+        with pytest.raises(TypeError, match="two attacks are named"):
+            type("Again", (Attack,), {"name": "probe_test", "menu": None, "column": None})
+        with pytest.raises(TypeError, match="own menu and column"):
+            type("Inherits", (PGD,), {"name": "probe_variant"})
+        with pytest.raises(TypeError, match="'pgd''s"):
+            type("Clash", (PGD,), {"name": "probe_clash", "menu": "pgd", "column": 20})
+        with pytest.raises(TypeError, match="go together"):
+            type("Half", (PGD,), {"name": "probe_half", "menu": "half", "column": None})
+    finally:
+        for name in ("probe_test", "probe_variant", "probe_clash", "probe_half"):
+            REGISTRY.pop(name, None)
+    assert list(ATTACKS)[:9] == ["pgd", "apgd_ce", "apgd_dlr", "mia", "cw", "pgd_targeted", "rays", "square",
+                                 "autoattack"]
+
+
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_bad_constructor_arguments(name):
     for kw, match in ((dict(eps=-0.1), "eps"), (dict(eps=1.5), "eps"), (dict(norm="L2"), "norm")):

@@ -27,15 +27,15 @@ run's spec for TRADES' and FAT's variants).
 """
 from .apgd import APGD, APGDDLR, APGDT, apgd
 from .autoattack import AutoAttack, autoattack
-from .base import (BLACK_BOX, ENSEMBLE, PRECISIONS, WHITE_BOX, Attack, Precision, attack_mode,
+from .base import (BLACK_BOX, ENSEMBLE, PRECISIONS, REGISTRY, WHITE_BOX, Attack, Precision, attack_mode,
                    default_alpha)
 from .losses import LOSSES, Objective, attack_loss
 from .pgd import BIM, CW, MIA, PGD, TargetedPGD, pgd
 from .rays import RayS, rays
 from .square import Square, square
 
-# every attack, in the column order of the paper's tables (the evaluation menu keeps this order)
-ATTACKS = {a.name: a for a in (PGD, APGD, APGDDLR, MIA, CW, TargetedPGD, RayS, Square, AutoAttack, BIM, APGDT)}
+# every declared attack: the menu's in their columns (the paper's tables' order), then the others
+ATTACKS = dict(sorted(REGISTRY.items(), key=lambda item: (item[1].column is None, item[1].column or 0)))
 
 
 def get_attack(name: str, **kwargs) -> Attack:

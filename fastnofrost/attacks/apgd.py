@@ -79,6 +79,7 @@ class APGD(Attack):
     ``restarts`` runs per target (see the module doc)."""
     name = "apgd_ce"
     menu = "apgd-ce"
+    column = 2
     title = "APGD-CE"
     budget = ("apgd_steps", "steps")
     eps: float = 8 / 255
@@ -139,6 +140,7 @@ class APGDDLR(APGD):
     """APGD on the DLR loss."""
     name = "apgd_dlr"
     menu = "apgd-dlr"
+    column = 3
     title = "APGD-DLR"
     loss: str = "dlr"
 
@@ -147,7 +149,7 @@ class APGDDLR(APGD):
 class APGDT(APGD):
     """APGD on targeted DLR against the 9 most likely other classes (AutoAttack's APGD-T)."""
     name = "apgd_t"
-    menu = None
+    menu = column = None
     title = "APGD-T"
     loss: str = "dlr"
     targeted: bool = True

@@ -11,7 +11,7 @@ Everything is restored on exit, also when the attack raises.
 import contextlib
 import dataclasses
 import math
-from typing import ClassVar, Optional, Tuple
+from typing import ClassVar, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -21,28 +21,49 @@ from ..nn.frozen import cached_weights, fill_cache, frozen_weights
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FP16_LOSS_SCALE = 1024.0
 WHITE_BOX, BLACK_BOX, ENSEMBLE = "white-box", "black-box", "ensemble"
+REGISTRY: Dict[str, type] = {}  # attack name: its class, in declaration order (filled by Attack subclasses)
 
 
 class Attack:
     """Base of the attack declarations. Each attack is ONE frozen dataclass: its fields are its
     settings (defaults and checks in ``__post_init__``), and its class attributes say the rest:
 
-    - ``name``: its key in :data:`fastnofrost.attacks.ATTACKS` (``get_attack``);
-    - ``menu``: its name on the evaluation's menu and command line (None: not on the menu);
+    - ``name``: its key in :data:`fastnofrost.attacks.ATTACKS` (``get_attack``); declaring the
+      class registers it (:data:`REGISTRY`);
+    - ``menu``, ``column``: its name on the evaluation's menu and command line, and its place
+      there (the paper's column order); None: not on the menu;
     - ``kind``: white-box, black-box or ensemble (the report's grouping);
     - ``title``: the report's column title, formatted with the fields (``'PGD-{steps}'``);
     - ``budget``: (evaluation setting, own field) that the evaluation's budget flag sets, e.g.
       ``('apgd_steps', 'steps')``; None: a fixed budget.
 
-    The registry, the menu, the evaluation's flags and titles are derived from these, so adding
-    an attack touches its own file and the registry's list. ``attack(model, x, y)`` runs
-    :meth:`run` with the attack's own seed (one generator per call: every call is the same attack).
+    The registry, the menu, the evaluation's flags and titles are derived from these, so an
+    attack is added in one file (a new module is also imported once by the package).
+    ``attack(model, x, y)`` runs :meth:`run` with the attack's own seed (one generator per call:
+    every call is the same attack).
     """
     name: ClassVar[str]
     menu: ClassVar[Optional[str]] = None
+    column: ClassVar[Optional[int]] = None
     kind: ClassVar[str] = WHITE_BOX
     title: ClassVar[str] = ""
     budget: ClassVar[Optional[Tuple[str, str]]] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in vars(cls):
+            raise TypeError(f"attack class {cls.__name__} must declare its own name")
+        if cls.name in REGISTRY:
+            raise TypeError(f"two attacks are named {cls.name!r}: {REGISTRY[cls.name].__name__} and {cls.__name__}")
+        if "menu" not in vars(cls) or "column" not in vars(cls):  # a variant must not inherit its parent's place
+            raise TypeError(f"attack class {cls.__name__} must declare its own menu and column (None: not on the menu)")
+        if (cls.menu is None) != (cls.column is None):
+            raise TypeError(f"attack {cls.name!r}: menu and column go together (both or neither)")
+        taken = [a for a in REGISTRY.values() if cls.menu is not None and (a.menu, a.column) != (None, None)
+                 and (a.menu == cls.menu or a.column == cls.column)]
+        if taken:
+            raise TypeError(f"attack {cls.name!r}: menu name {cls.menu!r} or column {cls.column} is {taken[0].name!r}'s")
+        REGISTRY[cls.name] = cls
 
     def run(self, model, x: torch.Tensor, y: torch.Tensor, **options) -> torch.Tensor:
         raise NotImplementedError

@@ -52,6 +52,7 @@ class PGD(Attack):
     """
     name = "pgd"
     menu = "pgd"
+    column = 1
     title = "PGD-{steps}"
     budget = ("steps", "steps")
     eps: float = 8 / 255
@@ -139,6 +140,7 @@ class TargetedPGD(PGD):
     """PGD towards a random other class per sample."""
     name = "pgd_targeted"
     menu = "pgd-targeted"
+    column = 6
     title = "PGD-T"
     targeted: bool = True
 
@@ -148,6 +150,7 @@ class CW(PGD):
     """PGD on the CW margin loss (confidence 50)."""
     name = "cw"
     menu = "cw"
+    column = 5
     title = "CW"
     loss: str = "cw"
 
@@ -157,6 +160,7 @@ class MIA(PGD):
     """Momentum iterative attack (MI-FGSM, Dong et al. 2018): decay 1.0, no random start."""
     name = "mia"
     menu = "mia"
+    column = 4
     title = "MIA"
     random_start: Union[bool, float] = False
     decay: Optional[float] = 1.0
@@ -166,7 +170,7 @@ class MIA(PGD):
 class BIM(PGD):
     """PGD without random start (basic iterative method)."""
     name = "bim"
-    menu = None
+    menu = column = None
     title = "BIM-{steps}"
     random_start: Union[bool, float] = False
 

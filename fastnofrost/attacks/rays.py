@@ -29,6 +29,7 @@ class RayS(Attack):
     deterministic: no seed)."""
     name = "rays"
     menu = "rays"
+    column = 7
     kind = BLACK_BOX
     title = "RayS"
     budget = ("rays_queries", "queries")

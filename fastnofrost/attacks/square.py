@@ -49,6 +49,7 @@ class Square(Attack):
     module doc); ``p_init`` in (0, 1]."""
     name = "square"
     menu = "square"
+    column = 8
     kind = BLACK_BOX
     title = "Square"
     budget = ("square_queries", "queries")

@@ -66,6 +66,11 @@ class AttackSettings:
         return dataclasses.asdict(self)
 
 
+if set(BUDGETS) - {f.name for f in dataclasses.fields(AttackSettings)}:  # a new attack's budget setting
+    raise TypeError(f"AttackSettings has no field for the budget setting(s) "
+                    f"{', '.join(sorted(set(BUDGETS) - {f.name for f in dataclasses.fields(AttackSettings)}))}")
+
+
 def check_names(names) -> List[str]:
     """The requested menu names, in table order, with one clear error for unknown ones."""
     names = [n.strip() for n in names if n.strip()]
