@@ -142,9 +142,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=AttackSettings.batch_size, help="examples per attack call")
     p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), help=f"comma list of {','.join(MENU)}")
     p.add_argument("--eps", type=float, default=AttackSettings.eps * 255, help="L-inf radius in 1/255 units")
-    for budget in BUDGETS:
-        field = next(a.budget[1] for a in MENU.values() if a is not None and a.budget and a.budget[0] == budget)
-        users = [n for n, a in MENU.items() if a is not None and a.budget and a.budget[0] == budget]
+    for budget, (field, users) in BUDGETS.items():
         p.add_argument(f"--{budget.replace('_', '-')}", type=int, default=getattr(AttackSettings, budget),
                        help=f"{field} of {', '.join(users)}")
     p.add_argument("--precision", default=AttackSettings.precision, choices=tuple(PRECISIONS),

@@ -131,7 +131,9 @@ def test_menu_is_the_issues_and_the_default_is_honest():
 
 def test_menu_titles_kinds_and_budgets_come_from_the_attack_declarations():
     settings = AttackSettings(steps=7, apgd_steps=9, rays_queries=11, square_queries=13, seed=3)
-    assert BUDGETS == ("steps", "apgd_steps", "rays_queries", "square_queries")
+    assert BUDGETS == {"steps": ("steps", ("pgd", "mia", "cw", "pgd-targeted")),
+                       "apgd_steps": ("steps", ("apgd-ce", "apgd-dlr")), "rays_queries": ("queries", ("rays",)),
+                       "square_queries": ("queries", ("square",))}
     assert [label(n, settings) for n in MENU] == ["Clean", "PGD-7", "APGD-CE", "APGD-DLR", "MIA", "CW", "PGD-T",
                                                   "RayS", "Square", "AA"]
     assert [kind(n) for n in MENU] == ["clean"] + ["white-box"] * 6 + ["black-box"] * 2 + ["ensemble"]

@@ -88,6 +88,23 @@ def test_methods_take_exactly_their_own_settings():
         assert method.early_stop() == (2 if name in ("fat", "trades_fat") else None), name
 
 
+def test_attack_variants_are_built_once_and_follow_the_settings(monkeypatch):
+    """TRADES' and FAT's attacks are ``dataclasses.replace`` variants of the run's PGD: built (and
+    checked) once over many steps, rebuilt when the settings object is replaced."""
+    built = []
+    replace = dataclasses.replace
+    monkeypatch.setattr(dataclasses, "replace", lambda *a, **k: built.append(k) or replace(*a, **k))
+    method = build_method("trades_fat", ATTACK, tau=1)
+    first = [method.attack_variant(dict(loss="kl", random_start=0.001, early_stop=1)) for _ in range(3)]
+    assert len(built) == 1 and first[0] is first[1] is first[2]
+    assert (first[0].loss, first[0].random_start, first[0].early_stop, first[0].eps) == ("kl", 0.001, 1, ATTACK.eps)
+    assert method.attack_variant({}) is method.attack_settings
+    method.attack_settings = replace(ATTACK, eps=2 / 255)
+    again = method.attack_variant(dict(loss="kl", random_start=0.001, early_stop=1))
+    assert len(built) == 2 and again.eps == 2 / 255 and again.loss == "kl"
+    assert method.attack_variant(dict(loss="kl", random_start=0.001, early_stop=2)).early_stop == 2
+
+
 def test_mbnat_evaluates_at_its_bn_mix_and_restores_the_clean_branch():
     from fastnofrost.nn import DualBatchNorm2d
 

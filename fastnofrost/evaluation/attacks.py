@@ -28,7 +28,19 @@ from ..attacks import APGD, ATTACKS, BLACK_BOX, ENSEMBLE, WHITE_BOX, Attack, Ray
 
 CLEAN = "clean"
 MENU = {CLEAN: None, **{a.menu: a for a in ATTACKS.values() if a.menu is not None}}  # name: attack class
-BUDGETS = tuple(dict.fromkeys(a.budget[0] for a in MENU.values() if a is not None and a.budget is not None))
+
+def _budgets() -> Dict[str, tuple]:
+    """``{setting: (the attacks' field it sets, the menu names that use it)}`` from the
+    declarations' ``budget = (setting, field)``, in menu order."""
+    out = {}
+    for name, attack in MENU.items():
+        if attack is not None and attack.budget is not None:
+            setting, field = attack.budget
+            out.setdefault(setting, (field, []))[1].append(name)
+    return {setting: (field, tuple(users)) for setting, (field, users) in out.items()}
+
+
+BUDGETS = _budgets()  # iterates as the budget settings' names
 DEFAULT_ATTACKS = ("clean", "pgd", "apgd-ce", "apgd-dlr", "mia", "cw", "rays", "square", "aa")
 BALL_TOLERANCE = 1e-6
 __all__ = ["MENU", "BUDGETS", "DEFAULT_ATTACKS", "AttackSettings", "build_attacks", "check_names", "kind", "label",

@@ -100,8 +100,18 @@ class Method:
         """x* by the one PGD loop: this run's attack, with ``changes`` to its fields (TRADES' KL
         loss and Gaussian start, FAT's early stop); no host read of the batch (the loaders make
         pixels and labels valid by construction)."""
-        spec = dataclasses.replace(self.attack_settings, **changes) if changes else self.attack_settings
-        return spec.run(module, x, y, validate=False)
+        return self.attack_variant(changes).run(module, x, y, validate=False)
+
+    def attack_variant(self, changes: dict) -> PGD:
+        """``dataclasses.replace(self.attack_settings, **changes)``, built and checked once, not
+        at every step: kept until the settings object or the changes differ."""
+        if not changes:
+            return self.attack_settings
+        kept = self.__dict__.get("_variant")
+        if kept is None or kept[0] is not self.attack_settings or kept[1] != changes:
+            kept = (self.attack_settings, changes, dataclasses.replace(self.attack_settings, **changes))
+            self.__dict__["_variant"] = kept
+        return kept[2]
 
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """In float32 at least (bf16/fp16 logits of autocast), float64 for a float64 model."""
