@@ -112,7 +112,7 @@ class Schedule:
 
 
 QUICK = Schedule(width=0.25, image_size=16, epochs=4, batch_size=64, lr=0.05, warmup_epochs=0.5, eps=8, steps=5,
-                 train_examples=8000, eval_examples=2000, aa_examples=500)
+                 train_examples=8000, eval_examples=1000, aa_examples=100)
 FULL = Schedule(width=1.0, image_size=32, epochs=30, batch_size=256, lr=0.1, warmup_epochs=2, eps=8, steps=10,
                 train_examples=0, eval_examples=10000, aa_examples=1000)
 
@@ -461,7 +461,7 @@ def machine(device: str) -> dict:
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="the CPU schedule (under 30 minutes on 2 idle cores)")
+    p.add_argument("--quick", action="store_true", help="the CPU schedule (benchmarks/README.md: its measured wall times on 2 cores)")
     p.add_argument("--methods", default=",".join(r.key for r in ROWS),
                    help="comma-separated subset of " + ", ".join(r.key for r in ROWS))
     p.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "digits"])
