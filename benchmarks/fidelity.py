@@ -111,8 +111,8 @@ class Schedule:
     aa_examples: int      # AutoAttack (0: skip)
 
 
-QUICK = Schedule(width=0.25, image_size=16, epochs=4, batch_size=64, lr=0.05, warmup_epochs=0.5, eps=8, steps=5,
-                 train_examples=8000, eval_examples=1000, aa_examples=100)
+QUICK = Schedule(width=0.25, image_size=16, epochs=3, batch_size=64, lr=0.05, warmup_epochs=0.5, eps=8, steps=5,
+                 train_examples=8000, eval_examples=1000, aa_examples=50)
 FULL = Schedule(width=1.0, image_size=32, epochs=30, batch_size=256, lr=0.1, warmup_epochs=2, eps=8, steps=10,
                 train_examples=0, eval_examples=10000, aa_examples=1000)
 
@@ -414,14 +414,16 @@ def comparison_text(lines: list) -> str:
 
 
 def figure(rows, results: dict, path: Path, title: str) -> None:
-    """Figure 2 style: clean vs PGD-20 accuracy (means over seeds), one labelled point per method
-    and engine (the official loop's hollow), MBNAT a line over gamma."""
+    """Figure 2 style: clean vs PGD-20 accuracy (means over seeds, bars one standard deviation),
+    one labelled point per method and engine (the official loop's hollow, in its method's colour),
+    MBNAT a line over gamma."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    colors = {row.key: f"C{i}" for i, row in enumerate(rows)}
     for engine, row in ((e, row) for e in ENGINES for row in rows):
         r = results.get(engine, {}).get(row.key, {})
         if "clean" not in r:
@@ -435,14 +437,16 @@ def figure(rows, results: dict, path: Path, title: str) -> None:
             continue
         marker = "*" if row.key == "nofrost" else "o"
         style = dict(mfc="none") if engine == "official" else {}
-        ax.plot(r["pgd20"], r["clean"], marker, ms=14 if marker == "*" else 7, **style)
+        ax.errorbar(r["pgd20"], r["clean"], xerr=r.get("pgd20_sd"), yerr=r.get("clean_sd"), fmt=marker,
+                    color=colors[row.key], ms=14 if marker == "*" else 7, capsize=3, **style)
         ax.annotate(f"{row.label} ({row.norm})" + (", official" if engine == "official" else ""),
                     (r["pgd20"], r["clean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel("robust accuracy, PGD-20 (%)")
     ax.set_ylabel("clean accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
