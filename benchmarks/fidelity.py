@@ -369,7 +369,8 @@ def cell(entry: dict, metric: str) -> str:
 def table(rows, results: dict, eps: float, data: str, n: int, n_aa: int, seeds: int) -> str:
     """Markdown table laid out like the paper's Table 1 (accuracies on ``n`` test images, AA on
     ``n_aa``; mean +- sd over ``seeds``), one line per (method, engine), plus the MBNAT curve."""
-    head = (f"| Method | Norm | Engine | Clean | PGD-20 | APGD-CE | AA (n={n_aa}) | Train s (CPU s) |\n"
+    aa = f"AA (n={n_aa})" if n_aa else "AA (not run)"
+    head = (f"| Method | Norm | Engine | Clean | PGD-20 | APGD-CE | {aa} | Train s (CPU s) |\n"
             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     lines = [head]
     for row in rows:
@@ -386,7 +387,8 @@ def table(rows, results: dict, eps: float, data: str, n: int, n_aa: int, seeds: 
                          + f" | {r['train_s']:.0f}{cpu} |")
     aa_error = f" ({std_error(50, n_aa):.1f} for AA)" if n_aa else ""
     spread = f"mean +- standard deviation over {seeds} seeds; " if seeds > 1 else ""
-    lines.append(f"\nAccuracy (%) on {n} {data} test images (AA on the first {n_aa}); {spread}L-inf eps {eps:g}/255, "
+    on_aa = f" (AA on the first {n_aa})" if n_aa else ""
+    lines.append(f"\nAccuracy (%) on {n} {data} test images{on_aa}; {spread}L-inf eps {eps:g}/255, "
                  f"the training eps. Binomial standard error of one model at 50%: {std_error(50, n):.1f} points"
                  f"{aa_error}. Train s: mean wall seconds of one run (its CPU seconds).")
     curve = results.get("ours", {}).get("mbnat", {}).get("curve")
