@@ -369,7 +369,8 @@ def cell(entry: dict, metric: str) -> str:
 def table(rows, results: dict, eps: float, data: str, n: int, n_aa: int, seeds: int) -> str:
     """Markdown table laid out like the paper's Table 1 (accuracies on ``n`` test images, AA on
     ``n_aa``; mean +- sd over ``seeds``), one line per (method, engine), plus the MBNAT curve."""
-    aa = f"AA (n={n_aa})" if n_aa else "AA (not run)"
+    aa, on_aa, aa_error = ((f"AA (n={n_aa})", f" (AA on the first {n_aa})", f" ({std_error(50, n_aa):.1f} for AA)")
+                           if n_aa else ("AA (not run)", "", ""))
     head = (f"| Method | Norm | Engine | Clean | PGD-20 | APGD-CE | {aa} | Train s (CPU s) |\n"
             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     lines = [head]
@@ -385,9 +386,7 @@ def table(rows, results: dict, eps: float, data: str, n: int, n_aa: int, seeds: 
             cpu = f" ({r['train_cpu_s']:.0f})" if r["train_cpu_s"] is not None else ""
             lines.append(f"| {row_label(row, r)} | {row.norm} | {engine} | " + " | ".join(cells)
                          + f" | {r['train_s']:.0f}{cpu} |")
-    aa_error = f" ({std_error(50, n_aa):.1f} for AA)" if n_aa else ""
     spread = f"mean +- standard deviation over {seeds} seeds; " if seeds > 1 else ""
-    on_aa = f" (AA on the first {n_aa})" if n_aa else ""
     lines.append(f"\nAccuracy (%) on {n} {data} test images{on_aa}; {spread}L-inf eps {eps:g}/255, "
                  f"the training eps. Binomial standard error of one model at 50%: {std_error(50, n):.1f} points"
                  f"{aa_error}. Train s: mean wall seconds of one run (its CPU seconds).")
@@ -467,7 +466,8 @@ def machine(device: str) -> dict:
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="the CPU schedule (benchmarks/README.md: its measured wall times on 2 cores)")
+    p.add_argument("--quick", action="store_true",
+                   help="the CPU schedule (benchmarks/README.md: its measured wall times on 2 cores)")
     p.add_argument("--methods", default=",".join(r.key for r in ROWS),
                    help="comma-separated subset of " + ", ".join(r.key for r in ROWS))
     p.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "digits"])
