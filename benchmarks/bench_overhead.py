@@ -36,6 +36,7 @@ from bench_step import BASELINES, DROP, EPS, LAMBDA, SMOOTHING, build, engine_se
 from reads import ReadCounter
 from results_io import save_result, set_allocator
 from fastnofrost.attacks import default_alpha
+from fastnofrost.device import prepare
 
 ENGINES = ("ours", "per-layer-ws", "ours-full", "official")
 GOAL_OPS = 0.1  # ours-full ops <= this x the official step's
@@ -131,6 +132,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA device is visible")
+    prepare(torch.device(args.device))  # cudnn.benchmark on CUDA, as train.py and evaluate
     engines = args.engines.split(",")
     unknown = set(engines) - set(ENGINES)
     if unknown or args.steps < 1 or args.repeats < 1 or args.warmup < 1:

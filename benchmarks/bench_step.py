@@ -64,6 +64,7 @@ from results_io import save_result, set_allocator
 from fastnofrost.attacks import PGD, attack_mode, default_alpha
 from fastnofrost.attacks.base import Precision, attack_compile_step
 from fastnofrost.config import TrainConfig
+from fastnofrost.device import prepare
 from fastnofrost.methods import build_method
 from fastnofrost.models import create_model
 from fastnofrost.nn import group_weights, set_ws_backend, weight_group
@@ -524,6 +525,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA device is visible")
+    prepare(torch.device(args.device))  # cudnn.benchmark on CUDA, as train.py and evaluate
     for key, value in DEFAULTS["quick" if args.quick else args.device].items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -1,16 +1,32 @@
-"""Counting host reads of tensors (each a device sync on CUDA): bench_overhead.py per step, and
-tests/host_reads.py inside the trainer's steps.
+"""Counting host reads of tensors and device synchronizations (each a stall of the host on
+CUDA): bench_overhead.py per step, and tests/host_reads.py inside the trainer's steps.
 
     with ReadCounter(where) as counter:   # where() -> a call-site name, or None to ignore the read
         counter.active = True
         ...
     counter.calls                          # Counter {"item in pgd.py:pgd_random_start": n, ...}
+    counter.syncs                          # Counter {"deepspeed.synchronize in timer.py:start": n, ...}
+
+Synchronizations are counted where they are asked for, so also on CPU, where they are no-ops:
+``torch.cuda.synchronize``, ``torch.cpu.synchronize`` and DeepSpeed's accelerator's
+``synchronize`` (its timers call it), when DeepSpeed is installed.
 """
 import collections
+import importlib.util
 
 import torch
 
 READS = ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy")
+
+
+def sync_functions():
+    """[(owner, attribute, label)] of every device synchronize the counter patches."""
+    found = [(torch.cuda, "synchronize", "torch.cuda.synchronize"), (torch.cpu, "synchronize", "torch.cpu.synchronize")]
+    if importlib.util.find_spec("deepspeed") is not None:
+        from deepspeed.accelerator import get_accelerator
+
+        found.append((type(get_accelerator()), "synchronize", "deepspeed.synchronize"))
+    return found
 
 
 class ReadCounter:
@@ -20,7 +36,8 @@ class ReadCounter:
 
     def __init__(self, where=None):
         self.where, self.active = where, False
-        self.calls, self.originals = collections.Counter(), {}
+        self.calls, self.syncs, self.originals = collections.Counter(), collections.Counter(), {}
+        self.patched = []
 
     @property
     def count(self) -> int:
@@ -29,20 +46,26 @@ class ReadCounter:
     def __enter__(self):
         for name in READS:
             original = self.originals[name] = getattr(torch.Tensor, name)
-            setattr(torch.Tensor, name, self._counting(name, original))
+            setattr(torch.Tensor, name, self._counting(name, original, self.calls))
+        for owner, attribute, label in sync_functions():
+            original = getattr(owner, attribute)
+            self.patched.append((owner, attribute, original))
+            setattr(owner, attribute, self._counting(label, original, self.syncs))
         return self
 
     def __exit__(self, *exc):
         for name, original in self.originals.items():
             setattr(torch.Tensor, name, original)
+        for owner, attribute, original in self.patched:
+            setattr(owner, attribute, original)
 
-    def _counting(self, name, original):
+    def _counting(self, name, original, calls):
         counter = self
 
-        def read(tensor, *args, **kwargs):
+        def read(*args, **kwargs):
             if counter.active:
                 site = counter.where() if counter.where is not None else "?"
                 if site is not None:
-                    counter.calls[f"{name} in {site}"] += 1
-            return original(tensor, *args, **kwargs)
+                    calls[f"{name} in {site}"] += 1
+            return original(*args, **kwargs)
         return read

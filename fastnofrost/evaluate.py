@@ -29,6 +29,7 @@ from .attacks.autoattack import check_standard_classes
 from .attacks.base import COMPILE_LEVELS, attack_compile_step
 from .data import DATASETS
 from .data.shard import merge
+from .device import prepare
 from .metrics import margin, thickness
 from .evaluation.attacks import BUDGETS, DEFAULT_ATTACKS, MENU, AttackSettings, build_attacks, check_names
 from .evaluation.data import Examples, validation_loader
@@ -241,7 +242,7 @@ def run(args, argv: Sequence[str] = ()) -> dict:
     from .models import create_model, load_checkpoint
     from .nn import group_weights
 
-    device = distributed.init_from_env(args.device) if distributed.launched() else torch.device(args.device)
+    device = prepare(distributed.init_from_env(args.device) if distributed.launched() else torch.device(args.device))
     rank, world = distributed.rank(), distributed.world_size()
     sets, class_index, splits = shift_plan(args)
     loader, n = validation_loader(args.data, backend=args.data_backend, image_size=args.image_size,

@@ -29,12 +29,14 @@ import torch
 
 from fastnofrost.attacks import PGD
 from fastnofrost.attacks.base import attack_compile_step
+from fastnofrost.attacks.step import compiled_wrappers
 from fastnofrost.config import ConfigError, TrainConfig, load_config
 from fastnofrost.data import build_loader
 from fastnofrost.methods import build_method
 from fastnofrost.models import create_model
 from fastnofrost.nn import group_weights
 from fastnofrost import distributed
+from fastnofrost.device import prepare
 from fastnofrost.training.checkpoint import Checkpoints, save_weights
 from fastnofrost.training.engine import build_optimizer, deepspeed_config, micro_batch, param_groups, resolve
 from fastnofrost.training.finite import LossWatch, TrainingError, check_weights
@@ -204,20 +206,19 @@ class Trainer:
         interval = _Interval(self.device)
         for index, batch in enumerate(islice(self.train_loader, n_micro - start), start=start):
             *views, y = batch
-            sequential = cfg.views == "sequential"  # the run owns the boundary: a backward per view
+            # the loop's count of micro-batches is the one count: DeepSpeed is told each boundary
+            boundary = (index + 1) % cfg.grad_accum == 0
+            engine.set_gradient_accumulation_boundary(boundary)
+            sequential = cfg.views == "sequential"  # a backward per view
             with self._weights(sequential) as group:
-                if sequential:
-                    boundary = (index + 1) % cfg.grad_accum == 0
-                    backward = self._view_backward(boundary, group)
-                else:
-                    boundary, backward = engine.is_gradient_accumulation_boundary(), None
+                backward = self._view_backward(boundary, group) if sequential else None
                 out = self.method(engine, engine.module, views[0], y, views[1] if len(views) > 1 else None, backward)
-                if not self.watch.add(out.loss, out.parts, engine.global_steps + 1, epoch):
-                    continue  # fp16: a non-finite loss skips its batch
-                if not out.backpropagated:
-                    engine.backward(out.loss)
+                kept = self.watch.add(out.loss, out.parts, engine.global_steps + 1, epoch)
+                if not out.backpropagated:  # fp16: a non-finite loss's batch adds a zero gradient instead
+                    engine.backward(out.loss if kept else zero_loss(engine.module))
             engine.step()
-            interval.add(out, len(y))
+            if kept:
+                interval.add(out, len(y))
             self.images += len(y) * self.world
             if not boundary:
                 continue
@@ -327,14 +328,25 @@ class Trainer:
         return sum(p.numel() for p in self.engine.module.parameters())
 
 
+def zero_loss(module: torch.nn.Module) -> torch.Tensor:
+    """A loss whose gradient is zero for every parameter: the backward of an fp16 batch skipped
+    for its non-finite loss. It reaches every parameter, so DeepSpeed's gradient hooks and its
+    reduction at the boundary run as for any batch, and the micro-batch counts on: the window's
+    step goes on with the other batches' gradients (with --grad-accum 1: a step of zero
+    gradient, momentum and weight decay only)."""
+    return torch.stack([p.view(-1)[0] for p in module.parameters() if p.requires_grad]).sum() * 0.0
+
+
 def compile_counts(level: str) -> dict:
-    """Graphs dynamo compiled so far in this process and its graph breaks (none: {}). After
-    warm-up (the first epoch and validation) the count stays put: no recompiles."""
+    """Graphs dynamo compiled so far in this process, its graph breaks and its compiled
+    wrappers (``torch.compile`` calls that ran: dynamo's backend cache); none: {}. After warm-up
+    (the first epoch and validation) every count stays put: no recompiles, no new wrapper."""
     if level == "none":
         return {}
     from torch._dynamo.utils import counters
 
-    return {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values())}
+    return {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
+            "compiles": compiled_wrappers()}
 
 
 class _Interval:
@@ -365,7 +377,7 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg = load_config(argv, world_size=int(os.environ.get("WORLD_SIZE", "1")))
-        device = distributed.pick_device(cfg.device)
+        device = prepare(distributed.pick_device(cfg.device))
     except (ConfigError, RuntimeError) as exc:
         print(f"fastnofrost/train.py: {exc}", file=sys.stderr)
         return 2

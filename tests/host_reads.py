@@ -1,4 +1,5 @@
-"""Run fastnofrost/train.py in this process and count host reads of tensors inside training steps.
+"""Run fastnofrost/train.py in this process and count host reads of tensors and device
+synchronizations inside training steps.
 
     python tests/host_reads.py OUT.json -- <train.py flags>
 
@@ -46,7 +47,7 @@ def main():
         except SystemExit as done:
             rc = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     with open(out, "w") as fh:
-        json.dump({"rc": rc, "calls": dict(counter.calls)}, fh)
+        json.dump({"rc": rc, "calls": dict(counter.calls), "syncs": dict(counter.syncs)}, fh)
 
 
 if __name__ == "__main__":

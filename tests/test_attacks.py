@@ -401,6 +401,37 @@ def test_compile_step_matches_eager(digits64):
 
 
 @needs_inductor_cpu
+def test_compiled_step_is_built_once_and_never_nested(digits, monkeypatch):
+    """Every compiled attack of a process reuses one compiled step (per mode): three attacks on
+    two models make one torch.compile call and one entry in dynamo's backend cache. On a module
+    compiled for training (module.compile(), what DeepSpeed's engine.compile() does) the
+    attack runs the bare forward: the module's compiled call is never entered, and its graphs
+    are not the attack's."""
+    from fastnofrost.attacks import step
+
+    model, x, y = digits
+    models = [copy.deepcopy(model), copy.deepcopy(model)]
+    x, y = x[:16], y[:16]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    monkeypatch.setattr(step, "COMPILED", {})
+    compiles, compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: compiles.append(k.get("mode")) or compile(*a, **k))
+    models[0].compile()  # training's compile
+    entered, training_call = [], models[0]._compiled_call_impl
+    models[0]._compiled_call_impl = lambda *a, **k: entered.append(1) or training_call(*a, **k)
+    wrappers = step.compiled_wrappers()
+    for model in (models[0], models[1], models[0]):
+        pgd(model, x, y, EPS, 2, 0.03, compile_step=True)
+        with torch.no_grad():  # an optimizer step between two attacks
+            model.c2.weight.mul_(-1.0)
+    assert compiles == [None, None]  # module.compile(), then the attack step, once
+    assert step.compiled_wrappers() == wrappers + 1 and not entered
+    assert step.COMPILED.keys() == {None}
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2  # the attack's, per model at most
+
+
+@needs_inductor_cpu
 def test_compile_step_standardizes_once(digits):
     """A compiled attack also runs the WS kernel once per layer per attack, not once per step:
     the weights are standardized eagerly into persistent tensors that enter the compiled graph

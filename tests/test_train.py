@@ -2,8 +2,10 @@
 config validation, the CLI end to end (1 rank, 2 DeepSpeed ranks on CPU), exact resume after
 SIGKILL, non-finite losses."""
 import contextlib
+import copy
 import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -65,6 +67,60 @@ def test_each_method_trains_and_moves_the_loss(name, digits_batch):
         losses.append(out.loss.item())
     assert losses[-1] < losses[0] - 0.05, losses  # a fixed batch: the loss must come down
     assert all(p.requires_grad for p in model.parameters())  # the attack restored the model
+
+
+class _IntoStatic(torch.autograd.Function):
+    """``out`` copied into ``static``, returned as a view of it; the gradient passes through."""
+
+    @staticmethod
+    def forward(ctx, out, static):
+        return static.copy_(out).view_as(static)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def replaying_compile(fn, **_):
+    """A stand-in for torch.compile(mode='reduce-overhead') on CPU: the function's output lives
+    in one static buffer that the next call overwrites, as a CUDA-graph replay overwrites the
+    previous one's."""
+    static = {}
+
+    def replay(*args):
+        out = fn(*args)
+        buf = static.get("out")
+        if buf is None or (buf.shape, buf.dtype) != (out.shape, out.dtype):
+            buf = static["out"] = torch.empty_like(out, requires_grad=False)
+        return _IntoStatic.apply(out, buf)
+    return replay
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_no_kept_tensor_aliases_a_compiled_output(name, digits_batch, monkeypatch):
+    """Each method with its attack step 'compiled' by :func:`replaying_compile`: every tensor
+    kept across two calls of the step (TRADES' KL reference among them) is a copy, so the losses,
+    parts and gradients equal the eager run's exactly."""
+    from fastnofrost.attacks import step
+
+    x, y = digits_batch
+    x_aug = x.flip(3)
+    initial = model_for(name).train()
+    runs = []
+    for compile_step in (False, "reduce-overhead"):
+        model = copy.deepcopy(initial)  # BN running statistics as they were
+        monkeypatch.setattr(step, "COMPILED", {})
+        monkeypatch.setattr(step.torch, "compile", replaying_compile)
+        method = build_method(name, dataclasses.replace(ATTACK, compile_step=compile_step, seed=0), smoothing=0.1,
+                              lam=0.5, beta=6.0, tau=1)
+        torch.manual_seed(0)
+        out = method(model, model, x, y, x_aug if method.needs_views else None)
+        model.zero_grad()
+        out.loss.backward()
+        runs.append((out.loss.detach(), out.parts, [p.grad.clone() for p in model.parameters()]))
+    (l_eager, p_eager, g_eager), (l_replay, p_replay, g_replay) = runs
+    assert torch.equal(l_eager, l_replay) and p_eager == p_replay
+    assert all(torch.equal(a, b) for a, b in zip(g_eager, g_replay))
 
 
 def test_nofrost_star_requires_views(digits_batch):
@@ -492,7 +548,8 @@ def test_compile_full_trains_like_eager_without_recompiles_through_a_resume(tmp_
     training (fp32: within 1e-3, as inductor reorders float sums and a sign step on a near-zero
     gradient may flip; the float64 equality is test_compile_full_equals_eager_in_float64), no
     graph break, and in each process no graph compiled after warm-up (its first epoch and
-    validation): later steps, validations and the resumed epochs reuse the graphs."""
+    validation): later steps, validations and the resumed epochs reuse the graphs, and no
+    torch.compile wrapper is built after the first step."""
     common = ["--method", "nofrost", "--train-examples", "128", "--epochs", "3", "--log-every", "1",
               "--save-every", "3", "--val-examples", "32"]
     eager, full = tmp_path / "eager", tmp_path / "full"
@@ -507,8 +564,11 @@ def test_compile_full_trains_like_eager_without_recompiles_through_a_resume(tmp_
     warm = graphs[5]  # epoch 2's first step: epoch 1 and its validation compiled everything
     assert graphs[6] == warm  # the killed process, after warm-up
     assert [graphs[s] for s in (9, 10, 11, 12)] == [warm] * 4  # the resumed process, past its validation
+    # each process built two compiled wrappers, the training module's and the attack step's, at its first step
+    assert {r["compiles"] for r in train_records(full)} == {2}
     summary = json.loads((full / "summary.json").read_text())
     assert summary["compile"] == "full" and summary["graphs"] == warm and summary["graph_breaks"] == 0
+    assert summary["compiles"] == 2
     assert "graphs" not in train_records(eager)[0]
 
 
@@ -679,6 +739,22 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, save_every, log_ev
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
+def test_a_skipped_fp16_batch_keeps_the_accumulation_boundary(tmp_path):
+    """--precision fp16 --grad-accum 2, the loss of the 2nd micro-batch (the first window's
+    boundary) NaN: the batch is skipped with a warning, yet it counts as a micro-batch for the
+    run and for DeepSpeed alike, so 3 optimizer steps take exactly 6 micro-batches and DeepSpeed
+    steps at every 2nd one (its counts after each engine.step())."""
+    report = tmp_path / "fp16.json"
+    proc = run([sys.executable, os.path.join(REPO, "tests", "fp16_skip.py"), str(report), "2", "--",
+                *train_cmd(tmp_path / "r", "--precision", "fp16", "--grad-accum", "2", "--max-steps", "3",
+                           "--log-every", "1", "--val-every", "0")[2:]])
+    result = json.loads(report.read_text())
+    assert result["rc"] == 0 and "batch skipped (fp16)" in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    assert result["micro_batches"] == 6
+    assert result["steps"] == [[1, 0], [2, 1], [3, 1], [4, 2], [5, 2], [6, 3]]
+    assert [r["step"] for r in train_records(tmp_path / "r")] == [1, 2, 3]
+
+
 # The host reads a method needs inside a step, per attack, with the reason.
 NEEDED_READS = {
     "item in pgd.py:pgd_random_start": "the random start's seed, drawn from torch's CPU generator: a host "
@@ -691,10 +767,10 @@ NEEDED_READS = {
     ("nofrost", ("--data-backend", "synthetic")),
 ], ids=["nofrost", "trades", "fat", "mbnat", "nofrost-synthetic"])
 def test_no_host_read_inside_training_steps(tmp_path, method, extra):
-    """Between log boundaries a step reads no tensor on the host (no .item(), bool(), ...): the
-    host queues the next kernels while the device works. Counted by tests/host_reads.py over 4
-    steps; only the reads of NEEDED_READS (and FAT's early stop) are allowed, each an exact
-    number of times."""
+    """Between log boundaries a step reads no tensor on the host (no .item(), bool(), ...) and
+    nothing synchronizes the device (DeepSpeed's timers included): the host queues the next
+    kernels while the device works. Counted by tests/host_reads.py over 4 steps; only the reads
+    of NEEDED_READS (and FAT's early stop) are allowed, each an exact number of times."""
     report = tmp_path / "reads.json"
     run([sys.executable, os.path.join(REPO, "tests", "host_reads.py"), str(report), "--",
          *train_cmd(tmp_path / "r", "--method", method, "--max-steps", "4", "--log-every", "2", "--val-every", "0",
@@ -706,16 +782,40 @@ def test_no_host_read_inside_training_steps(tmp_path, method, extra):
     if method == "fat":  # the early stop asks the host, per PGD step, whether any sample still moves
         expected["__bool__ in pgd.py:run"] = attacks * steps
     assert result["calls"] == expected
+    assert result["syncs"] == {}
 
 
-def test_deepspeed_config_from_flags_and_checked_file(tmp_path):
-    from fastnofrost.training.engine import deepspeed_config
+@pytest.mark.parametrize("stage,config", [(1, "ours"), (2, "ours"), (2, "deepspeed-default")])
+def test_bf16_gradients_are_reduced_in_fp32_under_zero(tmp_path, stage, config):
+    """Two DeepSpeed ranks on CPU, bf16 autocast, a BN baseline (nn.Conv2d and nn.Linear, the
+    modules DeepSpeed's default lower_precision_safe_modules communicate in bf16): with the
+    generated config the reduced gradients equal an fp32 all-reduce of the same local gradients
+    (up to the rounding of the lr-1 SGD step that exposes them, ~1e-5); with DeepSpeed's default
+    list they are off by bf16's rounding (~4e-3), which the check must see."""
+    deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    report = tmp_path / "reduction.json"
+    from fastnofrost.distributed import free_port
+
+    run([deepspeed, "--num_gpus", "2", "--master_port", str(free_port()), os.path.join(REPO, "tests", "bf16_reduction.py"),
+         str(report), str(stage), config])
+    error = json.loads(report.read_text())["error"]
+    if config == "ours":
+        assert error < 1e-4
+    else:
+        assert error > 1e-3
+
+
+def test_deepspeed_config_from_flags_and_checked_file(tmp_path, caplog):
+    from fastnofrost.training.engine import config_problems, deepspeed_config
 
     cfg = TrainConfig(batch_size=256, grad_accum=2, zero_stage=1)
     ds = deepspeed_config(cfg, world=4, precision="bf16")
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
         256, 32, 2)
-    assert ds["zero_optimization"] == {"stage": 1} and ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert ds["zero_optimization"] == {"stage": 1}
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+    assert ds["wall_clock_breakdown"] is False and ds["timers"] == {"throughput": {"enabled": False}}
+    assert config_problems(ds) == []
     assert "torch_autocast" not in deepspeed_config(cfg, 4, "fp32")
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"bf16": {"enabled": True}}))
@@ -724,3 +824,16 @@ def test_deepspeed_config_from_flags_and_checked_file(tmp_path):
     path.write_text(json.dumps({"train_batch_size": 512}))
     with pytest.raises(ConfigError, match="disagree"):
         deepspeed_config(TrainConfig(deepspeed_config=str(path)), 1, "fp32")
+    # a user's file: the no-sync settings and fp32 reduction filled in where it says nothing ...
+    path.write_text(json.dumps({"torch_autocast": {"enabled": True, "dtype": "bfloat16"}}))
+    ds = deepspeed_config(TrainConfig(deepspeed_config=str(path)), 1, "bf16")
+    assert ds["timers"] == {"throughput": {"enabled": False}} and ds["torch_autocast"]["lower_precision_safe_modules"] == []
+    # ... and a warning for each setting that syncs the device in a step or reduces below fp32
+    path.write_text(json.dumps({"wall_clock_breakdown": True, "timers": {"throughput": {"enabled": True}},
+                                "torch_autocast": {"enabled": True, "dtype": "bfloat16",
+                                                   "lower_precision_safe_modules": ["torch.nn.Linear"]}}))
+    with caplog.at_level(logging.WARNING, logger="fastnofrost.train"):
+        deepspeed_config(TrainConfig(deepspeed_config=str(path)), 1, "bf16")
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "wall_clock_breakdown synchronizes" in said and "throughput timer synchronizes" in said
+    assert "lower_precision_safe_modules communicates" in said

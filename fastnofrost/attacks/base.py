@@ -16,7 +16,7 @@ from typing import ClassVar, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..nn.frozen import cached_weights, fill_cache, frozen_weights
+from ..nn.frozen import cached_weights, frozen_weights
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FP16_LOSS_SCALE = 1024.0
@@ -179,12 +179,14 @@ class Precision:
     def autocast(self, device_type: str):
         return torch.autocast(device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
-    def logits(self, forward, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, forward, x: torch.Tensor, keep: bool = False) -> torch.Tensor:
         """Logits of ``forward(x)`` run under this precision, in float32 at least (a float64
-        model keeps float64 logits)."""
+        model keeps float64 logits). ``keep``: they outlive the next call of ``forward``, so
+        they are a copy, never a compiled step's output (which its next CUDA-graph replay
+        overwrites: :mod:`.step`)."""
         with self.autocast(x.device.type):
             out = forward(x)
-        return out.to(torch.promote_types(out.dtype, torch.float32))
+        return out.to(torch.promote_types(out.dtype, torch.float32), copy=keep)
 
 
 def predict(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
@@ -212,23 +214,6 @@ def input_gradient(forward, x_adv: torch.Tensor, objective, precision: Precision
     if precision.name == "fp16":  # an overflow gives inf (whose sign is fine) or nan: no step there
         grad = torch.nan_to_num(grad, nan=0.0)
     return values.detach(), logits.detach(), grad
-
-
-def compiled(model: nn.Module, compile_step, precision: Precision, device_type: str, cache_weights: bool = True):
-    """The model forward of one attack step: eager, or torch.compile'd (``True`` or a
-    torch.compile mode such as 'reduce-overhead', which uses CUDA graphs on CUDA).
-
-    Called inside :func:`attack_mode`. For a compiled step the standardized weights are
-    computed here, eagerly, under the attack's precision (:func:`~fastnofrost.nn.fill_cache`;
-    why, and what it means for CUDA graphs: the module doc of :mod:`fastnofrost.nn.frozen`);
-    without ``cache_weights`` the compiled step standardizes inside its graph.
-    """
-    if compile_step is False:
-        return model
-    if cache_weights:
-        with precision.autocast(device_type):
-            fill_cache(model)
-    return torch.compile(model, mode=None if compile_step is True else compile_step)
 
 
 def check_compile_step(compile_step):

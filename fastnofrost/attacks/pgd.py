@@ -18,8 +18,9 @@ import torch
 
 from ..ops import check_backend, pgd_random_start, pgd_step_
 from .base import (Attack, Precision, attack_mode, check_compile_step, check_count, check_inputs, check_positive,
-                   check_settings, compiled, default_alpha, input_gradient, new_generator, per_sample)
+                   check_settings, default_alpha, input_gradient, new_generator, per_sample)
 from .losses import Objective, check_loss
+from .step import step_forward
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class PGD(Attack):
         precision: 'fp32', 'bf16' or 'fp16' (autocast; fp16 with ``loss_scale``, default 1024).
         compile_step: torch.compile the model forward of a step (True, or a mode such as
             'reduce-overhead' for CUDA graphs); the weights are still standardized once per
-            attack (see :func:`~fastnofrost.attacks.base.compiled`).
+            attack (see :mod:`fastnofrost.attacks.step`).
         seed: seed of the random start and targets (None: torch's default generator).
 
     Switches (ablations; the defaults are the engine: benchmarks/bench_step.py measures each):
@@ -108,11 +109,11 @@ class PGD(Attack):
         objective = Objective(self.loss, y, target, self.confidence, generator, validate=validate)
 
         with attack_mode(model, cache_weights=self.cache_weights, weight_grads=self.weight_grads) as weights:
-            forward = compiled(model, self.compile_step, prec, x.device.type, self.cache_weights)
+            forward = step_forward(model, self.compile_step, prec, x.device.type, self.cache_weights)
             x = x.detach()
             if self.loss == "kl":
                 with torch.no_grad():
-                    objective.reference = prec.logits(forward, x)
+                    objective.reference = prec.logits(forward, x, keep=True)
             x_adv = _start(x, eps, self.random_start, generator, self.backend)
             momentum = torch.zeros_like(x) if self.decay is not None else None
             budget = torch.full_like(y, self.early_stop) if self.early_stop is not None else None

@@ -10,7 +10,9 @@ before each save.
 
 fp16 is the exception: a non-finite fp16 loss skips its batch (the loss scaler's overflow),
 and that decision needs the value on the host, so an fp16 run reads it at every step (one sync
-per step; at most ``MAX_SKIPPED_FP16`` batches in a row are skipped, then the run stops).
+per step; at most ``MAX_SKIPPED_FP16`` batches in a row are skipped, then the run stops). A
+skipped batch still counts as a micro-batch: its backward is a zero gradient (train.py's
+``zero_loss``), so DeepSpeed's accumulation boundary and the run's count never drift apart.
 """
 from typing import Callable, Dict, Optional
 

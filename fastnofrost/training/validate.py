@@ -1,8 +1,13 @@
 """Periodic validation, as the official script does it: clean accuracy on the whole validation
 set, PGD accuracy (the training radius, ``val_steps`` steps) on its first ``val_examples``.
 Counts stay on the device until the end (one read); the attack is the training run's
-(``compile_step``), so a compiled run reuses its attack graph. A grouped model standardizes its
-weights once per batch (fastnofrost/nn/grouped.py)."""
+(``compile_step``), so a compiled run reuses its attack step. A grouped model standardizes its
+weights once per batch (fastnofrost/nn/grouped.py).
+
+Fixed shapes: every batch, the last partial one included, goes through the model at the size of
+the first batch (the loader's batch size; padded with copies of its last sample, which are not counted), so validation adds
+no shape to the compiled code: a run compiles a fixed number of graphs (docs/design.md).
+"""
 import contextlib
 import math
 
@@ -12,6 +17,15 @@ from ..attacks import pgd
 from ..attacks.base import Precision
 from ..nn import weight_group
 from .. import distributed
+
+
+def pad(x: torch.Tensor, y: torch.Tensor, size: int):
+    """``(x, y)`` grown to ``size`` samples by repeating the last one (``size >= len(y)``)."""
+    missing = size - len(y)
+    if missing <= 0:
+        return x, y
+    return (torch.cat([x, x[-1:].expand(missing, *x.shape[1:])]),
+            torch.cat([y, y[-1:].expand(missing)]))
 
 
 def validate(module, loader, *, eps, steps, examples, precision, device, evaluation=None,
@@ -27,18 +41,21 @@ def validate(module, loader, *, eps, steps, examples, precision, device, evaluat
     loader.set_epoch(0)
     prec = Precision(precision)
     group = weight_group(module)
+    size = 0  # the first batch's size, which every batch is padded to
     try:
         with evaluation(module) if evaluation is not None else contextlib.nullcontext():
             for x, y in loader:
+                n = len(y)
+                size = size or n
+                x, y = pad(x, y, size)
                 with torch.no_grad(), group.step() if group is not None else contextlib.nullcontext():
-                    clean += (prec.logits(module, x).argmax(1) == y).sum()
-                    n_clean += len(y)
-                    take = int(min(len(y), limit - n_robust))
-                    if take > 0:
+                    clean += (prec.logits(module, x).argmax(1) == y)[:n].sum()
+                    n_clean += n
+                    take = int(min(n, limit - n_robust))
+                    if take > 0:  # the whole (padded) batch is attacked: one shape; the first `take` count
                         with torch.enable_grad():
-                            x_adv = pgd(module, x[:take], y[:take], eps, steps, precision=precision,
-                                        compile_step=compile_step)
-                        robust += (prec.logits(module, x_adv).argmax(1) == y[:take]).sum()
+                            x_adv = pgd(module, x, y, eps, steps, precision=precision, compile_step=compile_step)
+                        robust += (prec.logits(module, x_adv).argmax(1) == y)[:take].sum()
                         n_robust += take
     finally:
         module.train(was_training)
