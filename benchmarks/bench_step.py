@@ -61,7 +61,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench_attack import describe_device  # benchmarks/ is on sys.path when run as a script
 from official import naive_attack_step, official_model, official_optimizer, official_step
 from results_io import save_result, set_allocator
-from fastnofrost.attacks import PGD, attack_mode, default_alpha
+from fastnofrost.attacks import PGD, PRECISIONS, attack_mode, default_alpha
 from fastnofrost.attacks.base import Precision, attack_compile_step
 from fastnofrost.config import TrainConfig
 from fastnofrost.device import prepare
@@ -237,7 +237,7 @@ def ours_step(model, optimizer, setup: Setup, k: int, device: str):
             model.train()
             optimizer.zero_grad(set_to_none=True)
             if group is not None:
-                stack.enter_context(group.step("several" if sequential else "one"))
+                stack.enter_context(group.step("several" if sequential else "one", cast=PRECISIONS[setup.precision]))
             out = method(forward, model, x, y, backward=backward if sequential else None)
             if not out.backpropagated:
                 out.loss.backward()

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One command on a lent GPU machine: build the extension against the machine's torch, run the
 # acceptance checks of the main job (benchmarks/gpu_acceptance.py: train.py under deepspeed,
-# resume, evaluate), then the GPU tests (Triton kernels compiled for real, CUDA dispatch vs the
-# CPU kernels) and every benchmark; logs and JSON go to $OUT when set (the device tool), else
-# benchmarks/results/. The acceptance verdict table is printed again at the very end.
+# resume, the attack's CUDA graphs, no sync in a steady-state step, evaluate), then the GPU
+# tests (Triton kernels compiled for real, CUDA dispatch vs the CPU kernels) and every
+# benchmark; logs and JSON go to $OUT when set (the device tool), else benchmarks/results/.
+# The acceptance verdict table is printed again at the very end.
 #
 #   bash benchmarks/gpu_wheels.sh      # here, where PyPI is reachable: deepspeed & co. into .whl/
 #   bash benchmarks/gpu_suite.sh       # there, with .whl/ carried

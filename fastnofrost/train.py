@@ -27,7 +27,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
 
 import torch
 
-from fastnofrost.attacks import PGD
+from fastnofrost.attacks import PGD, PRECISIONS
 from fastnofrost.attacks.base import attack_compile_step
 from fastnofrost.attacks.step import compiled_wrappers
 from fastnofrost.config import ConfigError, TrainConfig, load_config
@@ -252,7 +252,7 @@ class Trainer:
         training forward, one grouped backward (fastnofrost/nn/grouped.py); BN models have none."""
         if self.group is None:
             return contextlib.nullcontext()
-        return self.group.step("several" if sequential else "one")
+        return self.group.step("several" if sequential else "one", cast=PRECISIONS[self.precision])
 
     def _view_backward(self, boundary: bool, group):
         """``backward(term, last)`` for sequential views: DeepSpeed reduces gradients (ZeRO 0/1 at

@@ -446,7 +446,7 @@ def test_compile_step_standardizes_once(digits):
             pgd(model, x, y, EPS, 4, 0.03, random_start=False, compile_step=True)
         calls = sum(e.count for e in prof.key_averages() if e.key == "fastnofrost::ws_forward")
         assert calls == len(ws_layers(model)), (calls, len(ws_layers(model)))
-        addresses.append([layer._frozen_store.data_ptr() for layer in ws_layers(model)])
+        addresses.append([layer.source.store.data_ptr() for layer in ws_layers(model)])
         with torch.no_grad():  # an optimizer step between two attacks
             model.c2.weight.mul_(-1.0)
     # the graph's weight inputs stay at one address per layer (CUDA graphs would re-record otherwise)

@@ -1,14 +1,16 @@
-"""benchmarks/gpu_acceptance.py on CPU: its verdict logic, its data generator, and the whole
-script in --dry mode (the GPU run's steps at tiny sizes), so a broken script is found here and
-not on the GPU machine."""
+"""benchmarks/gpu_acceptance.py on CPU: its verdict logic, its data generator, the whole script
+in --dry mode (the GPU run's steps at tiny sizes), and that its no-syncs probe finds and names
+synchronize calls, so a broken script is found here and not on the GPU machine."""
 import json
-import time
 import os
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from helpers import BENCHMARKS
@@ -17,16 +19,21 @@ from fastnofrost.data.samples import make_class_folder
 
 sys.path.insert(0, BENCHMARKS)
 import gpu_acceptance  # noqa: E402  (benchmarks/ is not a package)
-from gpu_acceptance import Check, run_checks, verdict_table  # noqa: E402
+from gpu_acceptance import Check, Skip, run_checks, verdict_table  # noqa: E402
 
 
 def test_verdicts_ran_failed_skipped_and_the_budget():
     py = sys.executable
+
+    def not_here():
+        raise Skip("no CUDA: not checkable")
+
     checks = [
         Check("ok", [py, "-c", "print('fine')"], after=lambda: "detail of ok"),
         Check("broken", [py, "-c", "import sys; print('some output'); sys.exit('the reason it broke')"]),
         Check("after-broken", [py, "-c", "pass"], needs=("broken",)),
         Check("bad-result", [py, "-c", "pass"], after=lambda: 1 / 0, needs=("ok",)),
+        Check("not-here", [py, "-c", "pass"], after=not_here),
     ]
     logged = []
     run_checks(checks, budget=200, log=logged.append)
@@ -36,10 +43,11 @@ def test_verdicts_ran_failed_skipped_and_the_budget():
     assert any("some output" in line for line in logged)  # the failing command's output, for the log
     assert (by["after-broken"].status, by["after-broken"].detail) == ("skipped", "needs broken (failed)")
     assert by["bad-result"].status == "failed" and "division by zero" in by["bad-result"].detail
+    assert (by["not-here"].status, by["not-here"].detail) == ("skipped", "no CUDA: not checkable")
     table = verdict_table(checks, ["a note"])
     lines = table.splitlines()
     assert lines[-1] == "note: a note" and lines[1] == "== verdict"
-    assert [line.split()[:2] for line in lines[3:7]] == [[c.name, c.status] for c in checks]
+    assert [line.split()[:2] for line in lines[3:8]] == [[c.name, c.status] for c in checks]
 
 
 def test_a_check_gets_the_time_left_less_a_reserve_for_each_later_one():
@@ -81,19 +89,27 @@ def test_class_folder_is_a_learnable_imagenet_layout(tmp_path):
 
 
 def test_dry_mode_runs_every_check_on_cpu(tmp_path):
-    """The real script, --dry: data, NoFrost (bf16) + resume, evaluate (clean, pgd, apgd-ce, aa),
-    ST and MBNAT (fp16) + resume, each through the real command lines; the verdict table last
-    and acceptance.json."""
+    """The real script, --dry: data, NoFrost (bf16) + resume, the cuda-graphs probe (a compiled
+    attack; no CUDA graphs to see on CPU: skipped), the no-syncs probe (train.py's steady-state
+    steps: no synchronize call), evaluate (clean, pgd, apgd-ce, aa), ST and MBNAT (fp16) +
+    resume, each through the real command lines; the verdict table last and acceptance.json."""
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "gpu_acceptance.py"), "--dry", "--budget", "1200",
                            "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=1500,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(out)})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     result = json.loads((out / "acceptance.json").read_text())
-    names = ["deepspeed", "data", "nofrost", "nofrost-resume", "evaluate", "st", "st-resume", "mbnat", "mbnat-resume"]
+    names = ["deepspeed", "data", "nofrost", "nofrost-resume", "cuda-graphs", "no-syncs", "evaluate", "st", "st-resume",
+             "mbnat", "mbnat-resume"]
     assert [c["name"] for c in result["checks"]] == names
-    assert all(c["status"] == "ran" for c in result["checks"]), result["checks"]
     by = {c["name"]: c for c in result["checks"]}
+    assert all(c["status"] == "ran" for c in result["checks"] if c["name"] != "cuda-graphs"), result["checks"]
+    graphs = by["cuda-graphs"]
+    assert graphs["status"] == "skipped", graphs
+    if torch.backends.cpu.get_cpu_capability() != "DEFAULT":  # else: inductor cannot build, said so
+        assert graphs["detail"].startswith("no CUDA: cudaGraphLaunch not checkable; the PGD-4 attack ran compiled (4 ")
+    assert by["no-syncs"]["detail"] == "3 steady-state steps after 2, 0 synchronize calls (counted: sync debug mode " \
+                                       "is CUDA-only)"
     assert "bf16" in by["nofrost"]["detail"] and "val clean" in by["nofrost"]["detail"]
     assert by["nofrost-resume"]["detail"].startswith("resumed at step 4: 6 steps")
     assert all(by[m]["img_s"] > 0 and "fp16" in by[m]["detail"] for m in ("st", "mbnat"))
@@ -103,6 +119,39 @@ def test_dry_mode_runs_every_check_on_cpu(tmp_path):
     assert [line.split()[0] for line in tail[verdict + 2:verdict + 2 + len(names)]] == names
     assert any("dry mode" in n for n in result["notes"]) and any("dali-gpu" in n for n in result["notes"])
     assert gpu_acceptance.DRY.device == "cpu" and gpu_acceptance.GPU.device == "cuda"
+
+
+def test_no_syncs_probe_names_each_synchronize_and_its_site(tmp_path):
+    """The dry no-syncs check with DeepSpeed's throughput timer turned back on (a
+    --deepspeed-config file): its synchronize calls in the steady-state steps fail the check,
+    counted per step with their DeepSpeed call site."""
+    checks = {c.name: c for c in gpu_acceptance.build_checks(gpu_acceptance.DRY, str(tmp_path))}
+    checks["data"].after()
+    timers = tmp_path / "timers.json"
+    timers.write_text(json.dumps({"timers": {"throughput": {"enabled": True}},  # and bf16, as --precision says
+                                  "torch_autocast": {"enabled": True, "dtype": "bfloat16"}}))
+    check = checks["no-syncs"]
+    check.cmd, check.needs = check.cmd + ["--deepspeed-config", str(timers)], ()
+    run_checks([check], budget=300, log=lambda _: None)
+    assert check.status == "failed"
+    assert re.match(r"\d+ synchronize calls in 3 steady-state steps \(\d+ per step\): \d+ x "
+                    r"get_accelerator\(\)\.synchronize in deepspeed/utils/timer\.py:\w+", check.detail), check.detail
+
+
+def test_no_syncs_probe_reports_the_first_error_of_a_chain(tmp_path):
+    """On CUDA a sync raises inside train.py, and a later error (train.py's `finally`) may follow:
+    the report keeps the first, with its traceback's tail (here a stand-in for train.py)."""
+    fake = tmp_path / "train.py"
+    fake.write_text("def sync():\n    raise RuntimeError('called a synchronizing CUDA operation\\nmore')\n"
+                    "try:\n    sync()\nfinally:\n    raise ValueError('a later failure')\n")
+    report = tmp_path / "report.json"
+    code = (f"import sys; sys.path.insert(0, {BENCHMARKS!r}); import gpu_acceptance as g; g.TRAIN = {str(fake)!r}; "
+            f"sys.exit(g.main(['--dry', '--probe', 'no-syncs', '--report', {str(report)!r}, '--']))")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+    with pytest.raises(RuntimeError) as failed:
+        gpu_acceptance._no_syncs_detail(str(report))
+    assert str(failed.value) == ("step 1: RuntimeError: called a synchronizing CUDA operation at ?; traceback tail "
+                                 "(innermost first): train.py:2 sync < train.py:4 <module>")
 
 
 def test_a_timed_out_check_leaves_no_process_behind(tmp_path):

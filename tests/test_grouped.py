@@ -143,7 +143,7 @@ def test_autocast_reads_the_weights_cast_once(digits_batch):
 
     def run(model, group=None, autocast=True):
         torch.manual_seed(1)
-        with group.step() if group is not None else torch.enable_grad():
+        with group.step(cast=torch.bfloat16) if group is not None else torch.enable_grad():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 loss = method.ce(model(x.to(next(model.parameters()).dtype)), y)
             loss.backward()
@@ -183,7 +183,7 @@ def test_compiled_attack_reads_one_persistent_buffer(digits_batch):
             with torch.enable_grad():
                 compiled = pgd(grouped, x, y, 8 / 255, 2, 0.03, random_start=False, compile_step=True)
         torch.testing.assert_close(compiled, eager, atol=1e-12, rtol=0)
-        addresses.append(group._store.data_ptr())
+        addresses.append(group.store.data_ptr())
         with torch.no_grad():  # an optimizer step between two attacks
             for model in (per_layer, grouped):
                 next(model.parameters()).mul_(0.5)
@@ -225,3 +225,42 @@ def test_bad_groups_and_steps_get_one_clear_error():
             with group.step():
                 pass
     assert group.flat is None  # the failed inner step left the outer one's exit intact
+
+
+def test_each_layer_says_where_its_weight_comes_from(digits_batch):
+    """layer.source is the one place that decides: its own WS op outside any context, the
+    group's view (in the step's dtype) inside a step, the frozen cache inside an attack, the
+    frozen cache dropped after it; a forward under another autocast than the step's is refused."""
+    x, y = digits_batch
+    _, grouped, group = pair("ours")
+    layer = group.layers[0]
+    seen = []
+    attack = lambda: seen.append(layer.source.kind()) or grouped(x)  # noqa: E731
+    assert layer.source.kind() == "own" and layer.source.group is group and layer.source.index == 0
+    with group.step():
+        assert layer.source.kind() == "step" and group.views[0].dtype == torch.float64
+        assert layer.standardized_weight() is group.views[0]
+        from fastnofrost.attacks.base import attack_mode
+        with attack_mode(grouped):
+            attack()
+            assert layer.source.frozen is not None and layer.source.frozen.requires_grad is False
+        assert seen == ["frozen"] and layer.source.frozen is None
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="cast="):
+            grouped(x.float())
+    assert layer.source.kind() == "own" and group.views == []
+
+
+@needs_inductor_cpu
+def test_a_compiled_forward_reads_the_step_without_recompiling(digits_batch):
+    """Two forwards in one step (validation's clean and adversarial ones) and in the next step
+    run one compiled graph: the step's views exist before the forward, so nothing the forward
+    reads changes between them."""
+    x, y = digits_batch
+    _, grouped, group = pair("ours")
+    grouped.eval().compile()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for _ in range(2):
+        with torch.no_grad(), group.step():
+            grouped(x), grouped(x)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1

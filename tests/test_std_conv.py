@@ -133,7 +133,7 @@ def test_frozen_weights_equal_unfrozen_and_see_weight_changes():
         torch.testing.assert_close(net(x), changed)
     torch.testing.assert_close(net(x), changed)
     assert not torch.allclose(changed, ref)
-    assert "_frozen_cache" not in net.c1.__dict__, "cache must be dropped on exit"
+    assert net.c1.source.frozen is None and net.c1.source.kind() == "own", "cache must be dropped on exit"
 
 
 def test_frozen_weights_cache_autocast_dtype():
@@ -141,7 +141,7 @@ def test_frozen_weights_cache_autocast_dtype():
     x = torch.rand(2, 3, 12, 12)
     with frozen_weights(), torch.autocast("cpu", dtype=torch.bfloat16):
         y = net(x)
-        assert net.c1.__dict__["_frozen_cache"][1].dtype == torch.bfloat16
+        assert net.c1.source.kind() == "frozen" and net.c1.source.frozen.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), net(x), atol=5e-2, rtol=5e-2)
 
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 from helpers import needs_inductor_cpu
 from fastnofrost.config import DEMO, ConfigError, TrainConfig, load_config, validate
 from fastnofrost.data import build_loader
-from fastnofrost.attacks import PGD
+from fastnofrost.attacks import PGD, PRECISIONS
 from fastnofrost.methods import METHODS, build_method, couples_samples
 from fastnofrost.models import create_model
 from fastnofrost.training.logger import read_log
@@ -292,6 +292,83 @@ def test_compile_full_equals_eager_in_float64(ws, digits_batch):
         torch.testing.assert_close(l_comp, l_eager, rtol=1e-10, atol=1e-12)
         for a, b in zip(g_comp, g_eager):
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+BF16_RUNS = {"nofrost-concat": ("nofrost", "nf_resnet26_small", "concat"),
+             "nofrost-sequential": ("nofrost", "nf_resnet26_small", "sequential"),
+             "trades": ("trades", "nf_resnet26_small", "concat"),
+             "mbnat": ("mbnat", "resnet26_dualbn_small", "concat")}
+
+
+def bf16_steps(method_name, model, views, compile_step, x, y, bf16=True, steps=2):
+    """``steps`` SGD steps as train.py runs them in bf16: the attack under bf16 autocast (its
+    perturbation in fp32), the training forward under bf16 autocast (DeepSpeed's torch_autocast),
+    a grouped model inside its step (cast once to bf16); ``bf16=False``: the same steps without
+    autocast (the float64 reference). Returns [(loss, grads)] and the graph count after each step."""
+    from torch._dynamo.utils import counters
+    from fastnofrost.nn import weight_group
+
+    group = weight_group(model)
+    precision = "bf16" if bf16 else "fp32"
+    method = build_method(method_name, PGD(eps=8 / 255, steps=2, precision=precision, compile_step=compile_step),
+                          smoothing=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sequential = views == "sequential"
+
+    def forward(inputs):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model(inputs)
+
+    def backward(term, last):
+        group.last_pass(last)
+        term.backward()
+
+    runs, graphs = [], []
+    for step in range(steps):
+        torch.manual_seed(step)
+        opt.zero_grad()
+        passes = "several" if sequential else "one"
+        with group.step(passes, cast=PRECISIONS[precision]) if group is not None else contextlib.nullcontext():
+            out = method(forward, model, x, y, backward=backward if sequential else None)
+            if not out.backpropagated:
+                out.loss.backward()
+        runs.append((out.loss.detach().double(), [p.grad.double() for p in model.parameters()]))
+        opt.step()
+        graphs.append(counters["stats"]["unique_graphs"])
+    return runs, graphs
+
+
+@needs_inductor_cpu
+@pytest.mark.parametrize("run_name", sorted(BF16_RUNS))
+def test_bf16_compile_full_traces_without_breaks_or_recompiles(run_name, digits_batch, one_thread):
+    """The CUDA default on CPU: --precision bf16 --compile full (the model compiled as
+    engine.compile() does, the attack step compiled, both under bf16 autocast; grouped WS with
+    its bf16 views, concat or sequential). Dynamo traces it without a graph break and compiles
+    nothing at the second step; the losses and gradients are those of eager bf16 within
+    bf16's own error: the distance to eager bf16 is at most twice eager bf16's distance to the
+    same steps in float64 (plus a floor of bf16's resolution, 2**-8 relative)."""
+    from torch._dynamo.utils import counters
+    from fastnofrost.nn import group_weights
+
+    method_name, model_name, views = BF16_RUNS[run_name]
+    x, y = (t[:8] for t in digits_batch)
+    initial = tiny(model_name).train()
+    models = {kind: copy.deepcopy(initial) for kind in ("exact", "eager", "compiled")}
+    models["exact"].double()
+    for model in models.values():
+        group_weights(model)
+    models["compiled"].compile()
+    torch._dynamo.reset()
+    counters.clear()
+    exact, _ = bf16_steps(method_name, models["exact"], views, False, x.double(), y, bf16=False)
+    eager, _ = bf16_steps(method_name, models["eager"], views, False, x, y)
+    compiled, graphs = bf16_steps(method_name, models["compiled"], views, True, x, y)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert graphs[1] == graphs[0] >= 2  # the attack's graphs and the training's, built at the first step
+    for (l_x, g_x), (l_e, g_e), (l_c, g_c) in zip(exact, eager, compiled):
+        assert (l_c - l_e).abs() <= 2 * (l_e - l_x).abs() + 2**-8 * l_x.abs()
+        for a, b, c in zip(g_x, g_e, g_c):
+            assert (c - b).norm() <= 2 * (b - a).norm() + 2**-8 * a.norm()
 
 
 @pytest.mark.parametrize("name", ["nofrost", "trades", "nofrost_star", "mbnat"])
@@ -828,6 +905,11 @@ def test_deepspeed_config_from_flags_and_checked_file(tmp_path, caplog):
     path.write_text(json.dumps({"torch_autocast": {"enabled": True, "dtype": "bfloat16"}}))
     ds = deepspeed_config(TrainConfig(deepspeed_config=str(path)), 1, "bf16")
     assert ds["timers"] == {"throughput": {"enabled": False}} and ds["torch_autocast"]["lower_precision_safe_modules"] == []
+    with pytest.raises(ConfigError, match="disagrees with --precision fp32"):
+        deepspeed_config(TrainConfig(deepspeed_config=str(path)), 1, "fp32")
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2}}))  # no autocast section: --precision's
+    assert deepspeed_config(TrainConfig(deepspeed_config=str(path)), 1, "bf16")["torch_autocast"] == {
+        "enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
     # ... and a warning for each setting that syncs the device in a step or reduces below fp32
     path.write_text(json.dumps({"wall_clock_breakdown": True, "timers": {"throughput": {"enabled": True}},
                                 "torch_autocast": {"enabled": True, "dtype": "bfloat16",

@@ -21,19 +21,32 @@ memory. This is the one place this rationale is written.
 ``frozen_weights(leaves=True)`` (the attack's ``weight_grads`` switch, an ablation that mimics
 an attack computing weight gradients) marks each cached weight as a leaf requiring grad, so a
 step may differentiate it; :func:`cached_weights` lists them.
+
+Each layer's cache lives in its :class:`~fastnofrost.nn.source.WeightSource` (``frozen``,
+``store``), which also decides where the layer's weight comes from; this module holds the
+context (:data:`CONTEXT`: its depth, the leaves switch, the layers it cached).
 """
 import contextlib
 import weakref
 
 import torch
 
-_depth = 0
-_leaves = False
-_cached_layers: "weakref.WeakSet" = weakref.WeakSet()
+
+class FrozenContext:
+    """The process's frozen context: how deep it is nested, whether cached weights are leaves,
+    and the layers that cached a weight in it (forgotten on exit)."""
+
+    def __init__(self):
+        self.depth = 0
+        self.leaves = False
+        self.layers: "weakref.WeakSet" = weakref.WeakSet()
+
+
+CONTEXT = FrozenContext()
 
 
 def is_frozen() -> bool:
-    return _depth > 0
+    return CONTEXT.depth > 0
 
 
 def autocast_dtype(device_type: str):
@@ -42,48 +55,17 @@ def autocast_dtype(device_type: str):
     return None
 
 
-def cached_weight(layer, compute):
-    """Return ``compute()`` detached, cached on ``layer`` for the current frozen context.
-
-    The key holds every parameter's identity and version plus the autocast dtype, so an
-    optimizer step or a ``load_state_dict`` inside the context invalidates the cache.
-    """
-    if torch.compiler.is_compiling() and getattr(layer, "_frozen_cache", None) is not None:
-        return layer._frozen_cache[1]  # filled eagerly by fill_cache; no bookkeeping to trace
-    device_type = layer.weight.device.type
-    cast = autocast_dtype(device_type)
-    hit = layer.__dict__.get("_frozen_cache")
-    if hit is not None and hit[0] == _key(layer, cast):
-        return hit[1]
-    group = layer.__dict__.get("_ws_group")
-    if group is not None:  # a grouped model (fastnofrost.nn.grouped): every layer's cache at once
-        group[0].fill_frozen(cast)
-        return layer.__dict__["_frozen_cache"][1]
-    with torch.no_grad(), torch.autocast(device_type, enabled=False):
-        w = compute()
-        if cast is not None:
-            w = w.to(cast)
-    return remember(layer, w, cast)
-
-
-def _key(layer, cast):
-    params = [p for p in (layer.weight, getattr(layer, "gain", None)) if p is not None]
-    return tuple((id(p), p._version) for p in params) + (cast,)
-
-
-def remember(layer, w, cast):
-    """Cache ``w`` (detached, in the attack dtype ``cast``) as ``layer``'s standardized weight
-    for the current frozen context."""
-    if _leaves and not w.requires_grad:
+def enter(layer, w: torch.Tensor) -> torch.Tensor:
+    """Record that ``layer`` cached ``w`` in this context (a leaf requiring grad with ``leaves``)."""
+    if CONTEXT.leaves and not w.requires_grad:
         w.requires_grad_(True)
-    layer.__dict__["_frozen_cache"] = (_key(layer, cast), w)
-    _cached_layers.add(layer)
+    CONTEXT.layers.add(layer)
     return w
 
 
 def cached_weights() -> list:
     """The standardized weights cached in the current frozen context."""
-    return [layer.__dict__["_frozen_cache"][1] for layer in _cached_layers if "_frozen_cache" in layer.__dict__]
+    return [layer.source.frozen for layer in CONTEXT.layers if layer.source.frozen is not None]
 
 
 def fill_cache(model: torch.nn.Module) -> None:
@@ -98,20 +80,20 @@ def fill_cache(model: torch.nn.Module) -> None:
         raise RuntimeError("fill_cache(model) only works inside `with frozen_weights():`")
     groups = {}
     for module in model.modules():
-        if not hasattr(module, "standardized_weight"):
+        source = getattr(module, "source", None)
+        if not hasattr(module, "standardized_weight") or source is None:
             continue
-        group = module.__dict__.get("_ws_group")
-        if group is not None:  # grouped layers: one persistent buffer for the whole group
-            groups[id(group[0])] = group[0]
+        if source.group is not None:  # grouped layers: one persistent buffer for the whole group
+            groups[id(source.group)] = source.group
             continue
         w = module.standardized_weight()
-        store = module.__dict__.get("_frozen_store")
+        store = source.store
         if store is None or (store.shape, store.dtype, store.device) != (w.shape, w.dtype, w.device):
-            module.__dict__["_frozen_store"] = w
+            source.store = w
         elif store is not w:
             with torch.no_grad():  # a leaf requiring grad under frozen_weights(leaves=True)
                 store.copy_(w)
-            remember(module, store, autocast_dtype(module.weight.device.type))
+            source.remember(module, store, autocast_dtype(module.weight.device.type))
     for group in groups.values():
         group.fill_store(autocast_dtype(group.layers[0].weight.device.type))
 
@@ -120,15 +102,14 @@ def fill_cache(model: torch.nn.Module) -> None:
 def frozen_weights(leaves: bool = False):
     """Context in which weight-standardized layers compute their weight once (see module doc);
     ``leaves``: the cached weights require grad."""
-    global _depth, _leaves
-    _depth += 1
-    outer, _leaves = _leaves, leaves
+    CONTEXT.depth += 1
+    outer, CONTEXT.leaves = CONTEXT.leaves, leaves
     try:
         yield
     finally:
-        _depth -= 1
-        _leaves = outer
-        if _depth == 0:
-            for layer in list(_cached_layers):
-                layer.__dict__.pop("_frozen_cache", None)
-            _cached_layers.clear()
+        CONTEXT.depth -= 1
+        CONTEXT.leaves = outer
+        if CONTEXT.depth == 0:
+            for layer in list(CONTEXT.layers):
+                layer.source.forget()
+            CONTEXT.layers.clear()

@@ -6,14 +6,17 @@ step (159 for an NF-ResNet-50). The weights only change at the optimizer step, s
 opts in (:func:`group_weights`) standardizes all of them at once::
 
     group = group_weights(model)           # once; ScaledStdConv2d alone stays a drop-in
-    with group.step():                     # ONE grouped forward (no graph yet)
+    with group.step(cast=torch.bfloat16):  # ONE grouped forward, the views cast once to bf16
         x_adv = pgd(model, x, y, ...)      # frozen: reads them detached, cast once to its dtype
-        loss = ce(model(x_adv), y)         # training forward: reads them attached to their graph
+        loss = ce(model(x_adv), y)         # training forward (bf16 autocast): reads the views
         loss.backward()                    # ONE grouped backward: every weight's and gain's grad
 
-Inside the step a training forward under autocast reads the weights cast once, for all layers
-(one cast, not one per layer). Outside a step, a frozen context (every attack and evaluation)
-fills all layers' caches from one grouped forward; a plain forward runs the per-layer op.
+The step makes every layer's view when it opens, in the dtype its training forward runs in
+(``cast``: the autocast dtype, default the one active at the step's start), so a forward only
+reads a list (nothing a compiled forward would guard on changes within a step). Outside a step, a
+frozen context (every attack and evaluation) fills all layers' caches from one grouped forward;
+a plain forward runs the per-layer op. Each layer finds its group through its
+:class:`~fastnofrost.nn.source.WeightSource` (``layer.source.group``, ``.index``).
 
 The attached views are the outputs of one autograd node (:func:`fastnofrost.ops.ws_grouped.attach`),
 so the backward receives each layer's gradient where the conv left it; no concatenation.
@@ -26,12 +29,12 @@ that pass, so DeepSpeed's gradient hooks see every gradient before its boundary.
 """
 import contextlib
 import functools
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import torch
 
 from ..ops.ws_grouped import attach, check_group, grouped_forward, split_shaped
-from .frozen import autocast_dtype, remember
+from .frozen import autocast_dtype
 
 
 class WeightGroup:
@@ -41,8 +44,9 @@ class WeightGroup:
         self.layers = layers
         self.flat: Optional[torch.Tensor] = None      # this step's standardized weights, one buffer (no graph)
         self._stats = None                            # this step's (mean, rstd), for attach's backward
-        self._views: dict = {}                        # dtype -> per-layer views of flat (cast once)
-        self._store: Optional[torch.Tensor] = None    # fill_store's persistent buffer (compiled attacks)
+        self.cast = None                              # this step's training dtype (None: the weights' own)
+        self.views: List[torch.Tensor] = []           # this step's per-layer weights, in ``cast``
+        self.store: Optional[torch.Tensor] = None    # fill_store's persistent buffer (compiled attacks)
         self._leaf = self._pending = None             # passes="several": the detached leaf, its gradient so far
         self._last = False
         self.scales = [layer.scale for layer in layers]  # fixed at construction of each layer
@@ -74,24 +78,33 @@ class WeightGroup:
 
     # ------------------------------------------------------------ one step
     @contextlib.contextmanager
-    def step(self, passes: str = "one"):
+    def step(self, passes: str = "one", cast: Union[torch.dtype, None, str] = "autocast"):
         """Standardize every weight once for what runs inside (an attack, the training forward,
-        its backward). ``passes="several"``: the step runs several backward passes (sequential
-        views); mark the last one with :meth:`last_pass`."""
+        its backward). ``cast``: the dtype the training forward runs in (None: the weights'
+        own; default: the autocast dtype active now). ``passes="several"``: the step runs
+        several backward passes (sequential views); mark the last one with :meth:`last_pass`."""
         if passes not in ("one", "several"):
             raise ValueError(f"passes must be 'one' or 'several', got {passes!r}")
         if self.flat is not None:
             raise RuntimeError("WeightGroup.step() is already open: steps do not nest")
+        if cast == "autocast":
+            cast = autocast_dtype(self.layers[0].weight.device.type)
         flat, *stats = self.standardize()
-        self.flat, self._stats = flat, stats
+        self.flat, self._stats, self.cast = flat, stats, cast
         if passes == "several" and torch.is_grad_enabled() and any(w.requires_grad for w in self.params()[0]):
             self._leaf = flat.detach().requires_grad_()
             self._leaf.register_hook(functools.partial(self._leaf_grad, flat, stats))
             self._pending, self._last = None, False
+            self.views = self._split(self._leaf if cast is None else self._leaf.to(cast))
+        else:
+            self.views = self._attach(flat, stats, cast)  # one cast for every layer
         try:
             yield self
         finally:
-            self.flat, self._stats, self._views, self._leaf, self._pending = None, None, {}, None, None
+            self.flat, self._stats, self.views, self._leaf, self._pending = None, None, [], None, None
+
+    def is_open(self) -> bool:
+        return self.flat is not None
 
     def last_pass(self, last: bool) -> None:
         """Before each backward pass of a ``passes="several"`` step: is it the last one? (a
@@ -109,18 +122,13 @@ class WeightGroup:
             self._pending = total
         return torch.zeros((), dtype=grad.dtype, device=grad.device).expand_as(grad)  # leaf keeps no grad
 
-    def weight(self, index: int) -> torch.Tensor:
-        """Layer ``index``'s standardized weight for a training forward of this step, in the
-        autocast dtype when autocast is on (all layers cast in one op, on first read)."""
-        cast = autocast_dtype(self.layers[index].weight.device.type)
-        views = self._views.get(cast)
-        if views is None:
-            if self._leaf is None:
-                views = self._attach(self.flat, self._stats, cast)
-            else:
-                views = self._split(self._leaf if cast is None else self._leaf.to(cast))
-            self._views[cast] = views
-        return views[index]
+    def view(self, index: int, device_type: str) -> torch.Tensor:
+        """Layer ``index``'s standardized weight for a training forward of this step (made when
+        the step opened, in its ``cast``)."""
+        if autocast_dtype(device_type) != self.cast:
+            raise RuntimeError(f"a forward under autocast {autocast_dtype(device_type)} inside a WeightGroup.step() "
+                               f"opened for {self.cast}: open the step with cast=<the forward's dtype>")
+        return self.views[index]
 
     # ------------------------------------------------------------ frozen contexts (attacks)
     def _frozen_flat(self, cast) -> torch.Tensor:
@@ -131,7 +139,7 @@ class WeightGroup:
 
     def _remember(self, flat: torch.Tensor, cast) -> None:
         for layer, w in zip(self.layers, self._split(flat)):
-            remember(layer, w, cast)
+            layer.source.remember(layer, w, cast)
 
     def fill_frozen(self, cast) -> None:
         """Every layer's frozen cache from one grouped forward (or this step's, detached), cast
@@ -140,9 +148,9 @@ class WeightGroup:
 
     def fill_store(self, cast) -> None:
         """:meth:`fill_frozen` into one persistent buffer, for :func:`fill_cache`."""
-        flat, store = self._frozen_flat(cast), self._store
+        flat, store = self._frozen_flat(cast), self.store
         if store is None or (store.shape, store.dtype, store.device) != (flat.shape, flat.dtype, flat.device):
-            store = self._store = flat.clone()
+            store = self.store = flat.clone()
         else:
             store.copy_(flat)
         self._remember(store, cast)
@@ -151,9 +159,9 @@ class WeightGroup:
 def weight_group(model: torch.nn.Module) -> Optional[WeightGroup]:
     """The group ``model``'s layers belong to (:func:`group_weights`), or None."""
     for module in model.modules():
-        entry = module.__dict__.get("_ws_group")
-        if entry is not None:
-            return entry[0]
+        source = getattr(module, "source", None)
+        if source is not None and source.group is not None:
+            return source.group
     return None
 
 
@@ -173,11 +181,12 @@ def group_weights(model: torch.nn.Module) -> Optional[WeightGroup]:
     group = WeightGroup(layers)
     group.check()
     for index, layer in enumerate(layers):
-        layer.__dict__["_ws_group"] = (group, index)
+        layer.source.group, layer.source.index = group, index
     return group
 
 
 def ungroup_weights(model: torch.nn.Module) -> None:
     """Back to one WS op per layer (the reference path)."""
     for module in model.modules():
-        module.__dict__.pop("_ws_group", None)
+        if getattr(module, "source", None) is not None:
+            module.source.group, module.source.index = None, -1

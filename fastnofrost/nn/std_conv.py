@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import check_backend, scaled_weight_standardization
-from .frozen import cached_weight, is_frozen
+from .source import WeightSource
 
 _Size = Union[int, Tuple[int, int]]
 
@@ -25,8 +25,9 @@ def symmetric_padding(kernel_size: _Size, stride: _Size = 1, dilation: _Size = 1
 
 
 class _WSConv2d(nn.Conv2d):
-    """Shared forward: standardize the weight (cached inside ``frozen_weights``; read from the
-    model's step inside :meth:`fastnofrost.nn.WeightGroup.step`), then conv."""
+    """Shared forward: the standardized weight from where ``source`` says (cached inside
+    ``frozen_weights``; the model's step inside :meth:`fastnofrost.nn.WeightGroup.step`; else
+    its own WS op: :mod:`fastnofrost.nn.source`), then conv."""
 
     gain: Optional[nn.Parameter]
     scale: float
@@ -39,17 +40,14 @@ class _WSConv2d(nn.Conv2d):
         self.scale = float(scale)
         self.eps = float(eps)
         self.backend = check_backend(backend)
+        self.source = WeightSource()
+
+    def own_weight(self) -> torch.Tensor:
+        """This layer's WS op on its current parameters (with their graph)."""
+        return scaled_weight_standardization(self.weight, self.gain, self.scale, self.eps, self.backend)
 
     def standardized_weight(self) -> torch.Tensor:
-        def compute():
-            return scaled_weight_standardization(self.weight, self.gain, self.scale, self.eps, self.backend)
-
-        if is_frozen():
-            return cached_weight(self, compute)
-        group = self.__dict__.get("_ws_group")  # a grouped model inside its step (nn/grouped.py)
-        if group is not None and group[0].flat is not None:
-            return group[0].weight(group[1])
-        return compute()
+        return self.source.weight(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding, self.dilation,
@@ -105,7 +103,7 @@ def set_ws_backend(model: nn.Module, backend: str) -> int:
     groups the fused layers only. Returns how many layers were set."""
     check_backend(backend)
     layers = [m for m in model.modules() if isinstance(m, _WSConv2d)]
-    if any("_ws_group" in m.__dict__ for m in layers):
+    if any(m.source.group is not None for m in layers):
         raise RuntimeError("set_ws_backend: the model's weights are grouped (group_weights); ungroup_weights first")
     for layer in layers:
         layer.backend = backend

@@ -48,7 +48,7 @@ def validate(module, loader, *, eps, steps, examples, precision, device, evaluat
                 n = len(y)
                 size = size or n
                 x, y = pad(x, y, size)
-                with torch.no_grad(), group.step() if group is not None else contextlib.nullcontext():
+                with torch.no_grad(), group.step(cast=prec.dtype) if group is not None else contextlib.nullcontext():
                     clean += (prec.logits(module, x).argmax(1) == y)[:n].sum()
                     n_clean += n
                     take = int(min(n, limit - n_robust))
