@@ -7,12 +7,9 @@ Writes {"rc", "micro_batches" (method calls), "steps": [[micro_steps, global_ste
 by tests/test_train.py (an fp16 batch skipped under --grad-accum).
 """
 import json
-import os
-import runpy
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(REPO, "fastnofrost", "train.py")
+from helpers import run_train_here
 
 
 def main():
@@ -34,12 +31,7 @@ def main():
         return result
 
     base.Method.__call__, ds_engine.DeepSpeedEngine.step = call, step
-    sys.argv = [TRAIN, *sys.argv[sys.argv.index("--") + 1:]]
-    try:
-        runpy.run_path(TRAIN, run_name="__main__")
-        rc = 0
-    except SystemExit as done:
-        rc = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    rc = run_train_here(sys.argv[sys.argv.index("--") + 1:])
     with open(out, "w") as fh:
         json.dump({"rc": rc, "micro_batches": calls[0], "steps": steps}, fh)
 

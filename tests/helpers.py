@@ -1,6 +1,8 @@
-"""Shared test helpers: tolerances per dtype, output poisoning, an op counter."""
+"""Shared test helpers: tolerances per dtype, output poisoning, an op counter, train.py in-process."""
 import contextlib
 import os
+import runpy
+import sys
 
 import pytest
 import torch
@@ -60,3 +62,15 @@ class CountOps(TorchDispatchMode):
         if func is torch.ops.aten.convolution_backward.default and args[10][1]:
             self.weight_grad_convs += 1
         return func(*args, **(kwargs or {}))
+
+
+def run_train_here(argv) -> int:
+    """fastnofrost/train.py with ``argv`` in this process, as ``__main__`` (as ``deepspeed
+    fastnofrost/train.py`` runs it: nothing imports train.py); its exit status."""
+    train = os.path.join(os.path.dirname(BENCHMARKS), "fastnofrost", "train.py")
+    sys.argv = [train, *argv]
+    try:
+        runpy.run_path(train, run_name="__main__")
+        return 0
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)

@@ -12,12 +12,11 @@ made it (the counter is benchmarks/reads.py's). Used by tests/test_train.py. The
 """
 import json
 import os
-import runpy
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(REPO, "fastnofrost", "train.py")
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+from helpers import BENCHMARKS, run_train_here
+
+sys.path.insert(0, BENCHMARKS)
 from reads import ReadCounter  # noqa: E402
 
 BOUNDARY = {"_log_train", "check", "_save", "_validate", "report", "set_epoch", "start_epoch", "end_epoch"}
@@ -38,14 +37,9 @@ def where_in_step():
 
 def main():
     out, argv = sys.argv[1], sys.argv[sys.argv.index("--") + 1:]
-    sys.argv = [TRAIN, *argv]
     with ReadCounter(where_in_step) as counter:
         counter.active = True
-        try:
-            runpy.run_path(TRAIN, run_name="__main__")
-            rc = 0
-        except SystemExit as done:
-            rc = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        rc = run_train_here(argv)
     with open(out, "w") as fh:
         json.dump({"rc": rc, "calls": dict(counter.calls), "syncs": dict(counter.syncs)}, fh)
 

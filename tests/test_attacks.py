@@ -308,7 +308,9 @@ def test_no_graph_outlives_its_step(digits):
         saved.append(weakref.ref(holder))
         return holder
 
-    handle = model.register_forward_pre_hook(
+    # on the first layer: PGD runs the model's bare forward, without the top module's hooks
+    # (fastnofrost/attacks/step.py), so every attack's forwards reach it
+    handle = model.c1.register_forward_pre_hook(
         lambda m, args: alive_at_forward.append(sum(ref() is not None for ref in saved)))
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda holder: holder.t):
