@@ -19,7 +19,7 @@ training's graphs. Before a compiled step the standardized weights are computed 
 persistent buffers (:func:`~fastnofrost.nn.fill_cache`; why, and what it means for CUDA graphs:
 the module doc of :mod:`fastnofrost.nn.frozen`). Under 'reduce-overhead' (CUDA graphs) each
 output is overwritten by the graph's next replay: whatever an attack keeps across steps is a
-copy (:meth:`.base.Precision.kept_logits`).
+copy (``Precision.logits(keep=True)``, :mod:`.base`).
 """
 import functools
 from typing import Callable, Dict, Optional
