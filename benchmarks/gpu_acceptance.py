@@ -397,15 +397,14 @@ def probe_no_syncs(sizes: Sizes, train_argv: List[str]) -> dict:
     WARMUP, at most STEADY) each under sync debug mode 'error' on CUDA, with every synchronize
     call counted by call site (see the module doc for the window)."""
     import torch
-    from deepspeed.accelerator import get_accelerator
     from deepspeed.runtime.engine import DeepSpeedEngine
 
     from fastnofrost.methods import Method
     from fastnofrost.nn import WeightGroup
+    from reads import ReadCounter  # benchmarks/ is on sys.path when run as a script
 
     cuda = sizes.device == "cuda"
-    state = {"steps": 0, "measured": 0, "on": False, "depth": 0}
-    syncs = Counter()
+    state = {"steps": 0, "measured": 0, "on": False}
 
     def start():
         if not state["on"] and WARMUP <= state["steps"] < WARMUP + STEADY:
@@ -434,26 +433,17 @@ def probe_no_syncs(sizes: Sizes, train_argv: List[str]) -> dict:
                 state["steps"] += 1
         return closed
 
-    def counting(synchronize, name):
-        def counted(*args, **kwargs):
-            if state["on"] and not state["depth"]:  # the accelerator's calls torch.cuda's: one call
-                syncs[f"{name} in {_site(traceback.extract_stack(sys._getframe(1)))}"] += 1
-            state["depth"] += 1
-            try:
-                return synchronize(*args, **kwargs)
-            finally:
-                state["depth"] -= 1
-        return counted
+    def where():  # the synchronize's call site inside the window (the host reads are not this check's)
+        return _site(traceback.extract_stack(sys._getframe(2))) if state["on"] else None
 
     WeightGroup.step, Method.__call__ = opening(WeightGroup.step), opening(Method.__call__)
     DeepSpeedEngine.step = closing(DeepSpeedEngine.step)
-    accelerator = get_accelerator()
-    accelerator.synchronize = counting(accelerator.synchronize, "get_accelerator().synchronize")
-    torch.cuda.synchronize = counting(torch.cuda.synchronize, "torch.cuda.synchronize")
-    torch.cpu.synchronize = counting(torch.cpu.synchronize, "torch.cpu.synchronize")
+    counter = ReadCounter(where)  # every synchronize (DeepSpeed's accelerator, torch.cuda, torch.cpu)
+    counter.active = True
     sys.argv, rc, error = [TRAIN, *train_argv], 0, None
     try:
-        runpy.run_path(TRAIN, run_name="__main__")
+        with counter:
+            runpy.run_path(TRAIN, run_name="__main__")
     except SystemExit as done:
         rc = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except Exception as exc:  # noqa: BLE001  (the report says what it was)
@@ -470,7 +460,7 @@ def probe_no_syncs(sizes: Sizes, train_argv: List[str]) -> dict:
     finally:
         stop()
     return {"device": sizes.device, "warmup": WARMUP, "steady": STEADY, "steps": state["steps"],
-            "measured": state["measured"], "syncs": dict(syncs), "rc": rc, "error": error}
+            "measured": state["measured"], "syncs": dict(counter.syncs), "rc": rc, "error": error}
 
 
 PROBES = {"cuda-graphs": probe_cuda_graphs, "no-syncs": probe_no_syncs}

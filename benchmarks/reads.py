@@ -5,7 +5,7 @@ CUDA): bench_overhead.py per step, and tests/host_reads.py inside the trainer's 
         counter.active = True
         ...
     counter.calls                          # Counter {"item in pgd.py:pgd_random_start": n, ...}
-    counter.syncs                          # Counter {"deepspeed.synchronize in timer.py:start": n, ...}
+    counter.syncs                          # Counter {"get_accelerator().synchronize in timer.py:start": n, ...}
 
 Synchronizations are counted where they are asked for, so also on CPU, where they are no-ops:
 ``torch.cuda.synchronize``, ``torch.cpu.synchronize`` and DeepSpeed's accelerator's
@@ -25,7 +25,7 @@ def sync_functions():
     if importlib.util.find_spec("deepspeed") is not None:
         from deepspeed.accelerator import get_accelerator
 
-        found.append((type(get_accelerator()), "synchronize", "deepspeed.synchronize"))
+        found.append((type(get_accelerator()), "synchronize", "get_accelerator().synchronize"))
     return found
 
 

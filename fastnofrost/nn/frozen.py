@@ -80,9 +80,9 @@ def fill_cache(model: torch.nn.Module) -> None:
         raise RuntimeError("fill_cache(model) only works inside `with frozen_weights():`")
     groups = {}
     for module in model.modules():
-        source = getattr(module, "source", None)
-        if not hasattr(module, "standardized_weight") or source is None:
+        if not hasattr(module, "standardized_weight"):
             continue
+        source = module.source
         if source.group is not None:  # grouped layers: one persistent buffer for the whole group
             groups[id(source.group)] = source.group
             continue

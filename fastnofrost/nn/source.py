@@ -44,7 +44,8 @@ class WeightSource:
 
     def weight(self, layer) -> torch.Tensor:
         """``layer``'s standardized weight, from where :meth:`kind` says."""
-        if _frozen.is_frozen():
+        kind = self.kind()
+        if kind == "frozen":
             if torch.compiler.is_compiling() and self.frozen is not None:
                 return self.frozen  # filled eagerly by fill_cache: nothing to check or trace
             cast = _frozen.autocast_dtype(layer.weight.device.type)
@@ -57,7 +58,7 @@ class WeightSource:
                         w = layer.own_weight()
                         self.remember(layer, w if cast is None else w.to(cast), cast)
             return self.frozen
-        if self.group is not None and self.group.is_open():
+        if kind == "step":
             return self.group.view(self.index, layer.weight.device.type)
         return layer.own_weight()
 

@@ -67,8 +67,10 @@ def deepspeed_config(cfg: TrainConfig, world: int, precision: str) -> dict:
         if autocast and not ds.get("torch_autocast", {}).get("enabled"):
             ds["torch_autocast"] = autocast  # the file says nothing of autocast: --precision's
         elif ds.get("torch_autocast", {}).get("enabled"):
-            dtype = str(ds["torch_autocast"].get("dtype", "bfloat16")).replace("torch.", "")
-            if dtype != autocast.get("dtype"):
+            from deepspeed.runtime.config import DtypeEnum  # DeepSpeed's own reading of the field
+
+            dtype = ds["torch_autocast"].get("dtype", "bfloat16")
+            if not autocast or DtypeEnum(dtype) != DtypeEnum(autocast["dtype"]):
                 raise ConfigError(f"--deepspeed-config: torch_autocast's dtype {dtype} disagrees with --precision "
                                   f"{precision} (resolved)")
             ds["torch_autocast"].setdefault("lower_precision_safe_modules", [])
