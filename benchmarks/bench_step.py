@@ -171,9 +171,9 @@ ABLATIONS = {  # name: (what is removed, Setup -> Setup, or None where ours does
 
 def ours_setup(device: str, compile_attack: bool) -> Setup:
     """What train.py does on this device by default (precision, memory format), plus --compile."""
-    precision, _, channels_last, _ = resolve(RECIPE, torch.device(device))
+    resolved = resolve(RECIPE, torch.device(device))
     compile_step = attack_compile_step("attack" if compile_attack else "none", device)
-    return Setup(precision=precision, compile_step=compile_step, channels_last=channels_last)
+    return Setup(precision=resolved.precision, compile_step=compile_step, channels_last=resolved.channels_last)
 
 
 def engine_setups(names, device, compile_attack) -> dict:

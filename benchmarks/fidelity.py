@@ -7,7 +7,9 @@ digits when it is missing, said so in the output) and evaluates each on the test
 ``--engines ours,official`` the methods the official script trains (ST, SAT, NoFrost) are also
 trained by the official loop (``official_train.py``: PGDAT.py's loop and step, its own data order
 and RNG; the same model, data subset, schedule and hyper-parameters), and evaluated by the same
-code. ``--seeds N`` trains every (engine, method) with N seeds; the table shows mean +- standard
+code. Ours trains at ``--ours-precision`` (default auto, resolved as train.py resolves it: bf16
+autocast on CUDA and on a CPU with native bf16, else fp32); the official loop in fp32, as PGDAT.py.
+``--seeds N`` trains every (engine, method) with N seeds; the table shows mean +- standard
 deviation over seeds, and a verdict line per method says whether ours minus official is within
 two standard errors on every metric.
 
@@ -58,7 +60,9 @@ from fastnofrost.attacks import get_attack
 from fastnofrost.data import build_loader
 from fastnofrost.data.datasets import load_fashion_mnist
 from fastnofrost.models import create_model, load_checkpoint
+from fastnofrost.config import PRECISIONS
 from fastnofrost.nn import set_bn_mode
+from fastnofrost.training.engine import auto_precision
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINES = {"ours": REPO / "fastnofrost" / "train.py", "official": REPO / "benchmarks" / "official_train.py"}
@@ -77,14 +81,15 @@ class Row(NamedTuple):
 
 
 class Job(NamedTuple):
-    """One training run: a method of the table, the engine that trains it, the seed."""
+    """One training run: a method of the table, the engine that trains it, its precision, the seed."""
     row: Row
     engine: str
+    precision: str
     seed: int
 
     @property
     def name(self) -> str:
-        return f"{self.row.key}-{self.engine}-seed{self.seed}"
+        return f"{self.row.key}-{self.engine}-{self.precision}-seed{self.seed}"
 
 
 ROWS = (Row("st_bn", "ST", "BN", "resnet26_small", "st"),
@@ -150,7 +155,8 @@ def train_command(job: Job, sched: Schedule, data: str, device: str, run_dir: Pa
                  lr=sched.lr, warmup_epochs=sched.warmup_epochs, eps=sched.eps, steps=sched.steps,
                  train_examples=sched.train_examples)
     if job.engine == "ours":
-        flags.update(drop=0, drop_path=0, val_every=0, workers=0, progress="false", tensorboard="false")
+        flags.update(precision=job.precision, drop=0, drop_path=0, val_every=0, workers=0, progress="false",
+                     tensorboard="false")
     command = [sys.executable, str(ENGINES[job.engine])]
     for name, value in flags.items():
         command += ["--" + name.replace("_", "-"), str(value)]
@@ -366,9 +372,10 @@ def cell(entry: dict, metric: str) -> str:
     return f"{entry[metric]:.1f}" + (f" +- {sd:.1f}" if sd is not None else "")
 
 
-def table(rows, results: dict, eps: float, data: str, n: int, n_aa: int, seeds: int) -> str:
+def table(rows, results: dict, eps: float, data: str, n: int, n_aa: int, seeds: int, precisions: dict) -> str:
     """Markdown table laid out like the paper's Table 1 (accuracies on ``n`` test images, AA on
-    ``n_aa``; mean +- sd over ``seeds``), one line per (method, engine), plus the MBNAT curve."""
+    ``n_aa``; mean +- sd over ``seeds``), one line per (method, engine: its training precision),
+    plus the MBNAT curve."""
     aa, on_aa, aa_error = ((f"AA (n={n_aa})", f" (AA on the first {n_aa})", f" ({std_error(50, n_aa):.1f} for AA)")
                            if n_aa else ("AA (not run)", "", ""))
     head = (f"| Method | Norm | Engine | Clean | PGD-20 | APGD-CE | {aa} | Train s (CPU s) |\n"
@@ -380,11 +387,11 @@ def table(rows, results: dict, eps: float, data: str, n: int, n_aa: int, seeds: 
             if r is None:
                 continue
             if "clean" not in r:
-                lines.append(f"| {row.label} | {row.norm} | {engine} | failed: {r.get('error', '?')} | | | | |")
+                lines.append(f"| {row.label} | {row.norm} | {engine} {precisions[engine]} | failed: {r.get('error', '?')} | | | | |")
                 continue
             cells = [cell(r, m) for m in METRICS]
             cpu = f" ({r['train_cpu_s']:.0f})" if r["train_cpu_s"] is not None else ""
-            lines.append(f"| {row_label(row, r)} | {row.norm} | {engine} | " + " | ".join(cells)
+            lines.append(f"| {row_label(row, r)} | {row.norm} | {engine} {precisions[engine]} | " + " | ".join(cells)
                          + f" | {r['train_s']:.0f}{cpu} |")
     spread = f"mean +- standard deviation over {seeds} seeds; " if seeds > 1 else ""
     lines.append(f"\nAccuracy (%) on {n} {data} test images{on_aa}; {spread}L-inf eps {eps:g}/255, "
@@ -479,6 +486,9 @@ def parse(argv=None):
     p.add_argument("--engines", default="ours",
                    help="comma-separated: ours (fastnofrost/train.py), official (official_train.py: PGDAT.py's loop; "
                         f"methods {', '.join(r.key for r in ROWS if r.method in OFFICIAL_METHODS)})")
+    p.add_argument("--ours-precision", default="auto", choices=PRECISIONS,
+                   help="ours' training precision (train.py --precision; default auto: resolved here for --device, "
+                        "bf16 on CUDA and on a CPU with native bf16). The official loop trains in fp32, as PGDAT.py")
     p.add_argument("--seed", type=int, default=0, help="the first seed")
     p.add_argument("--seeds", type=int, default=1, help="seeds per (engine, method): --seed, --seed + 1, ...")
     p.add_argument("--jobs", type=int, default=None,
@@ -508,6 +518,10 @@ def parse(argv=None):
     args.engines = [e for e in ENGINES if e in engines]
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA device is visible")
+    args.precisions = {"ours": args.ours_precision, "official": "fp32"}
+    args.precision_why = {"ours": "--ours-precision " + args.ours_precision, "official": "PGDAT.py's precision"}
+    if args.ours_precision == "auto":
+        args.precisions["ours"], args.precision_why["ours"] = auto_precision(torch.device(args.device))
     cores = os.cpu_count() or 1
     args.jobs = args.jobs or (2 if args.quick and args.device == "cpu" and cores >= 2 else 1)
     args.threads = args.threads or max(1, cores // args.jobs)
@@ -558,10 +572,13 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     x, y = test_set(data, sched.eval_examples, sched.image_size, "cpu", args.seed)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    jobs = [Job(row, engine, seed) for row in rows for engine in args.engines for seed in seeds]
+    jobs = [Job(row, engine, args.precisions[engine], seed) for row in rows for engine in args.engines
+            for seed in seeds]
     print(f"fidelity ({mode}) on {data}: {len(rows)} method(s) x engines {', '.join(args.engines)} x {len(seeds)} "
           f"seed(s) = {len(jobs)} runs, {args.jobs} at a time x {args.threads} thread(s), {sched}; runs in {out}; "
           f"load average {info['load_start']}", flush=True)
+    for engine in args.engines:
+        print(f"fidelity: {engine} trains in {args.precisions[engine]} ({args.precision_why[engine]})", flush=True)
     runs = run_all(jobs, sched, data, args, out, x, y)
     results = aggregate(runs)
     info.update(load_end=os.getloadavg(), wall_s=time.time() - started)
@@ -569,7 +586,8 @@ def main(argv=None) -> dict:
     judged = verdicts(results)
     title = (f"{data}, ResNet-26 small (width {sched.width:g}, {sched.image_size}px), {sched.epochs} epochs, "
              f"eps {sched.eps:g}/255 ({mode} mode)")
-    body = table(rows, results, sched.eps, data, len(y), min(sched.aa_examples, len(y)), len(seeds))
+    body = table(rows, results, sched.eps, data, len(y), min(sched.aa_examples, len(y)), len(seeds),
+                 args.precisions)
     markdown = f"## Fidelity: {title}\n\n{body}\n\n{comparison_text(compared)}\n"
     if judged:
         markdown += f"\n{verdict_text(judged)}\n"
@@ -579,6 +597,8 @@ def main(argv=None) -> dict:
     print("\n" + markdown)
     result = dict(info=info, mode=mode, data=data, data_note=note, schedule=dataclasses.asdict(sched),
                   jobs=args.jobs, threads=args.threads, engines=args.engines, seeds=seeds,
+                  precisions={e: args.precisions[e] for e in args.engines},
+                  precision_why={e: args.precision_why[e] for e in args.engines},
                   mbnat_gamma=args.mbnat_gamma, runs_dir=str(out), runs=runs, results=results, comparisons=compared,
                   verdicts=judged, methods={r.key: r._asdict() for r in rows})
     json_path = save_result(f"fidelity_{mode}.json", args.device, result)

@@ -79,7 +79,7 @@ class TrainConfig:
     smoothing: float = _f(0.1, "label smoothing")
     optimizer: str = _f("sgd", "sgd (torch, fused on CUDA) or adamw (DeepSpeed FusedAdam on CUDA)")
     grad_accum: int = _f(1, "gradient accumulation steps")
-    precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, or fp16 (dynamic loss scaling)")
+    precision: str = _f("auto", "auto (bf16 autocast on CUDA and on a CPU with native bf16, else fp32), fp32, bf16, or fp16 (dynamic loss scaling)")
     zero_stage: int = _f(0, "DeepSpeed ZeRO stage 0, 1 or 2")
     deepspeed_config: Optional[str] = _f(None, "a DeepSpeed JSON config to use instead of the generated one")
     compile: str = _f("auto", "auto (full on CUDA, none on CPU), none, attack (the PGD step; CUDA graphs on CUDA), "

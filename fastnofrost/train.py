@@ -78,15 +78,17 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg, self.device = cfg, device
         self.rank, self.world = distributed.rank(), distributed.world_size()
-        self.precision, backend, channels_last, self.compile_level = resolve(cfg, device)
+        resolved = resolve(cfg, device)
+        self.precision, self.compile_level = resolved.precision, resolved.compile
         self._check_run_dir()
         self.log = RunLog(cfg.run_dir, self.rank == 0, cfg.tensorboard, cfg.progress)
+        self.log.info(f"precision {self.precision} ({resolved.why})")
         self.preemption = Preemption()  # before the loaders fork their workers
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.method = self._build_method()
-        self.train_loader, self.val_loader = self._build_loaders(backend, channels_last)
+        self.train_loader, self.val_loader = self._build_loaders(resolved.backend, resolved.channels_last)
         self.steps_per_epoch, self.total_steps = self._schedule()
-        model = self._build_model(channels_last)
+        model = self._build_model(resolved.channels_last)
         # NF models: every WS layer standardized by one op, once per micro-batch (--ws per-layer: per use)
         self.group = group_weights(model) if cfg.ws == "grouped" else None
         torch.manual_seed(cfg.seed * 1000 + 1 + self.rank)  # dropout, drop-path, attacks: per rank

@@ -22,6 +22,7 @@ from fastnofrost.data import build_loader
 from fastnofrost.attacks import PGD, PRECISIONS
 from fastnofrost.methods import METHODS, build_method, couples_samples
 from fastnofrost.models import create_model
+from fastnofrost.training.engine import auto_precision
 from fastnofrost.training.logger import read_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -495,10 +496,12 @@ def test_yaml_config_and_precedence(tmp_path):
 
 # ------------------------------------------------------------------ the command line, end to end
 
-def train_cmd(out, *extra):
+def train_cmd(out, *extra, precision="fp32"):
+    """train.py on a tiny run. The precision is pinned (auto is bf16 on a CPU with native bf16,
+    fp32 elsewhere, and CI hosts differ); a later --precision in ``extra`` wins."""
     return [sys.executable, TRAIN, "--out", str(out), "--progress", "false", "--tensorboard", "false",
             "--width", "0.25", "--image-size", "16", "--batch-size", "32", "--steps", "2", "--epochs", "2",
-            "--val-examples", "64", *extra]
+            "--val-examples", "64", "--precision", precision, *extra]
 
 
 def env(**kw):
@@ -517,8 +520,13 @@ def losses(out):
 
 def test_cli_trains_logs_plots_and_checkpoints(tmp_path):
     out = tmp_path / "run"
-    run(train_cmd(out, "--max-steps", "6", "--log-every", "2", "--keep-last", "2", "--save-every", "2",
-                  "--tensorboard", "true"))
+    proc = run(train_cmd(out, "--max-steps", "6", "--log-every", "2", "--keep-last", "2", "--save-every", "2",
+                         "--tensorboard", "true", precision="auto"))
+    # the run's first line (after DeepSpeed's own): the precision auto chose on this host, and why
+    precision, why = auto_precision(torch.device("cpu"))
+    ours = proc.stdout[proc.stdout.index("\nprecision ") + 1:].splitlines()
+    assert ours[0] == f"precision {precision} ({why})" and ours[1].startswith("nofrost on nf_resnet26_small")
+    assert json.loads((out / "config.json").read_text())["precision_resolved"] == precision
     for name in ("config.json", "log.jsonl", "loss.png", "accuracy.png", "final.safetensors", "summary.json",
                  "best_clean.safetensors", "best_robust.safetensors"):
         assert (out / name).is_file(), name

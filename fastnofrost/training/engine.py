@@ -5,10 +5,12 @@ optimizer for the official baseline.
 """
 import json
 import logging
+from typing import NamedTuple
 
 import torch
 
 from ..config import DATASETS, ConfigError, TrainConfig
+from ..device import cpu_bf16, cpu_bf16_missing
 
 log = logging.getLogger("fastnofrost.train")
 
@@ -23,9 +25,37 @@ NO_SYNC = {"wall_clock_breakdown": False, "timers": {"throughput": {"enabled": F
 CPU_AUTO_COMPILE = "none"
 
 
-def resolve(cfg: TrainConfig, device: torch.device):
-    """(precision, data backend, channels_last, compile level) with 'auto' resolved for the device."""
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+def auto_precision(device: torch.device) -> tuple:
+    """(precision, why) of ``--precision auto``: bf16 autocast on CUDA and on a CPU that computes
+    bf16 natively (``device.cpu_bf16``), fp32 elsewhere."""
+    if device.type == "cuda":
+        return "bf16", "auto: bf16 autocast on CUDA"
+    native = cpu_bf16()
+    if native:
+        return "bf16", f"auto: this CPU computes bf16 natively ({native})"
+    return "fp32", f"auto: {cpu_bf16_missing()}"
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> tuple:
+    """(precision, why): ``--precision`` as given, or auto's choice for the device."""
+    if cfg.precision != "auto":
+        return cfg.precision, "--precision " + cfg.precision
+    return auto_precision(device)
+
+
+class Resolved(NamedTuple):
+    """A run's device defaults with 'auto' resolved: precision (and why), data backend,
+    channels_last, compile level."""
+    precision: str
+    why: str
+    backend: str
+    channels_last: bool
+    compile: str
+
+
+def resolve(cfg: TrainConfig, device: torch.device) -> Resolved:
+    """The run's device defaults with 'auto' resolved for the device."""
+    precision, why = resolve_precision(cfg, device)
     backend = cfg.data_backend
     if backend == "auto":
         backend = "dali-gpu" if device.type == "cuda" and cfg.data not in DATASETS else "torch"
@@ -33,7 +63,7 @@ def resolve(cfg: TrainConfig, device: torch.device):
         raise ConfigError("--data-backend dali-gpu needs a CUDA device; use dali-cpu or torch on CPU")
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     level = cfg.compile if cfg.compile != "auto" else ("full" if device.type == "cuda" else CPU_AUTO_COMPILE)
-    return precision, backend, channels_last, level
+    return Resolved(precision, why, backend, channels_last, level)
 
 
 def micro_batch(cfg: TrainConfig, world: int) -> int:
