@@ -36,6 +36,7 @@ import fastnofrost
 from official import official_attack, official_model  # benchmarks/ is on sys.path
 from results_io import save_result, set_allocator
 from fastnofrost.attacks import default_alpha, pgd
+from fastnofrost.device import cpu_bf16
 from fastnofrost.ops import pgd_random_start
 
 EPS = 8 / 255
@@ -63,9 +64,22 @@ def describe_device(device):
     if device == "cuda":
         info.update(name=torch.cuda.get_device_name())
     else:
-        info.update(name=platform.processor() or "cpu", cores=os.cpu_count(),
+        info.update(name=cpu_model(), cores=os.cpu_count(), capability=torch.backends.cpu.get_cpu_capability(),
+                    bf16=cpu_bf16() or "none native (emulated)",
                     note="shared CPU: another process may have been running")
     return info
+
+
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (platform.processor() elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def main(argv=None):

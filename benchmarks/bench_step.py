@@ -9,8 +9,10 @@ drop-path 0.1). Engines:
   ours        the library path: build_method('nofrost' | 'st', PGD(...)) called as
               method(forward, model, x, y) inside the model's WeightGroup step (train.py's
               --ws grouped: every weight standardized by one op, once per step): fused ops,
-              no weight gradients in the loop, clean + adversarial halves in one forward; bf16 autocast and
-              channels_last on CUDA (fp32 on CPU); --compile adds PGD.compile_step
+              no weight gradients in the loop, clean + adversarial halves in one forward; at
+              --precision (default auto, as train.py: bf16 autocast on CUDA and on a CPU with native
+              bf16, else fp32; the 'fp32' ablation is ours at fp32), channels_last on CUDA;
+              --compile adds PGD.compile_step
   ours-full   ours as train.py --compile full runs it: the attack step compiled (CUDA graphs on
               CUDA) and the model's training forward and backward compiled (module.compile())
   ours-sequential  ours with train.py's --views sequential: the clean view's backward before
@@ -36,6 +38,7 @@ step; CUDA: the peak) and speedup vs the official step at the same K and batch.
     python benchmarks/bench_step.py                     # CPU: nf_resnet26_small, 32x32, batch 32
     python benchmarks/bench_step.py --device cuda --compile [--model nf_resnet50]
     python benchmarks/bench_step.py --quick --device cpu    # smoke test (seconds)
+    python benchmarks/bench_step.py --engines ours,fp32,official --ks 0,10   # a bf16 CPU: bf16 vs fp32 vs official
 
 Prints a table and a goals block; writes bench_step_<model>[_compile][_quick].json and a .png
 (img/s vs K: ours, the official step, the floor) under benchmarks/results/<device>/ (or $OUT/).
@@ -63,12 +66,12 @@ from official import naive_attack_step, official_model, official_optimizer, offi
 from results_io import save_result, set_allocator
 from fastnofrost.attacks import PGD, PRECISIONS, attack_mode, default_alpha
 from fastnofrost.attacks.base import Precision, attack_compile_step
-from fastnofrost.config import TrainConfig
+from fastnofrost.config import PRECISIONS as PRECISION_CHOICES, TrainConfig
 from fastnofrost.device import prepare
 from fastnofrost.methods import build_method
 from fastnofrost.models import create_model
 from fastnofrost.nn import group_weights, set_ws_backend, weight_group
-from fastnofrost.training.engine import build_optimizer, param_groups, resolve
+from fastnofrost.training.engine import build_optimizer, param_groups, resolve, resolve_precision
 
 RECIPE = TrainConfig()  # the official recipe's defaults
 EPS, LAMBDA, SMOOTHING, DROP, DROP_PATH = RECIPE.eps_pixels, RECIPE.lam, RECIPE.smoothing, RECIPE.drop, RECIPE.drop_path
@@ -169,22 +172,23 @@ ABLATIONS = {  # name: (what is removed, Setup -> Setup, or None where ours does
 }
 
 
-def ours_setup(device: str, compile_attack: bool) -> Setup:
-    """What train.py does on this device by default (precision, memory format), plus --compile."""
-    resolved = resolve(RECIPE, torch.device(device))
+def ours_setup(device: str, compile_attack: bool, precision: str = "auto") -> Setup:
+    """What train.py does on this device by default (memory format; precision: train.py's
+    --precision, default auto), plus --compile."""
+    resolved = resolve(dataclasses.replace(RECIPE, precision=precision), torch.device(device))
     compile_step = attack_compile_step("attack" if compile_attack else "none", device)
     return Setup(precision=resolved.precision, compile_step=compile_step, channels_last=resolved.channels_last)
 
 
-def engine_setups(names, device, compile_attack) -> dict:
+def engine_setups(names, device, compile_attack, precision: str = "auto") -> dict:
     """{engine: Setup} for ours and the applicable ablations; the baselines map to None."""
-    ours = ours_setup(device, compile_attack)
+    ours = ours_setup(device, compile_attack, precision)
     setups = {}
     for name in names:
         if name == "ours":
             setups[name] = ours
         elif name == "ours-full":
-            setups[name] = ours_setup(device, True).but(compile_model=True)
+            setups[name] = ours_setup(device, True, precision).but(compile_model=True)
         elif name == "ours-sequential":
             setups[name] = ours.but(views="sequential")
         elif name in BASELINES:
@@ -320,7 +324,8 @@ def measure(args, engine: str, setup: Optional[Setup], ks, batch: int):
         else:
             memory = peak_rss_mib() if isolated else None
         ms = statistics.median(times)
-        rows.append(dict(engine=engine, k=k, batch=batch, ms=ms, all_ms=times, img_s=batch / ms * 1e3,
+        rows.append(dict(engine=engine, precision=setup.precision if setup else "fp32", k=k, batch=batch, ms=ms,
+                         all_ms=times, img_s=batch / ms * 1e3,
                          peak_mib=memory, rss_start_mib=rss_start))
         print(f"  {engine:<13} K={k:<3} batch {batch:<4} {ms:10.1f} ms/step", file=sys.stderr, flush=True)
     return rows
@@ -406,11 +411,11 @@ def fmt(value, spec: str, suffix: str = "") -> str:
 
 
 def print_table(rows) -> None:
-    head = (f"{'engine':<13} {'K':>3} {'batch':>5} {'ms/step':>10} {'img/s':>9} {'overhead':>9} {'floor':>6} "
+    head = (f"{'engine':<15} {'prec':<5} {'K':>3} {'batch':>5} {'ms/step':>10} {'img/s':>9} {'overhead':>9} {'floor':>6} "
             f"{'ratio/floor':>11} {'peak MiB':>9} {'step MiB':>9} {'vs off':>7}")
     print(head + "\n" + "-" * len(head))
     for r in sorted(rows, key=lambda r: (r["batch"], r["k"])):
-        print(f"{r['engine']:<13} {r['k']:>3} {r['batch']:>5} {r['ms']:>10.1f} {r['img_s']:>9.1f} "
+        print(f"{r['engine']:<15} {r['precision']:<5} {r['k']:>3} {r['batch']:>5} {r['ms']:>10.1f} {r['img_s']:>9.1f} "
               f"{fmt(r['overhead'], '.2f', 'x'):>9} {r['floor']:>6.2f} {fmt(r['ratio_vs_floor'], '.2f'):>11} "
               f"{fmt(r['peak_mib'], '.0f'):>9} {fmt(r['step_mib'], '.0f'):>9} {fmt(r['speedup'], '.2f', 'x'):>7}")
 
@@ -425,7 +430,8 @@ def goals(rows, device: str) -> list:
             row = next((r for r in rows if (r["engine"], r["k"], r["batch"]) == (engine, k, batch)), None)
             value = row.get(metric) if row else None
             met = None if value is None else (value >= threshold if higher else value <= threshold)
-            out.append(dict(engine=engine, metric=metric, k=k, batch=batch, value=value, threshold=threshold,
+            out.append(dict(engine=engine, precision=row["precision"] if row else None, metric=metric, k=k,
+                            batch=batch, value=value, threshold=threshold,
                             goal=f"{'>=' if higher else '<='} {threshold}", met=met))
     return out
 
@@ -434,7 +440,7 @@ def print_goals(results) -> None:
     print(f"\ngoals on {results['config']['device']} ({results['config']['model']}):")
     for g in results["goals"]:
         state = "not measured" if g["met"] is None else ("met" if g["met"] else "NOT met")
-        print(f"  {g['engine']} {GOAL_TEXT[g['metric']]} at K={g['k']}, batch {g['batch']}: {fmt(g['value'], '.2f')} "
+        print(f"  {g['engine']} ({g['precision'] or '-'}) {GOAL_TEXT[g['metric']]} at K={g['k']}, batch {g['batch']}: {fmt(g['value'], '.2f')} "
               f"(goal {g['goal']}): {state}")
 
 
@@ -515,6 +521,9 @@ def parse_args(argv):
                         + ", ".join(ABLATIONS))
     p.add_argument("--compile", action="store_true",
                    help="compile the attack step (PGD.compile_step: 'reduce-overhead' on cuda)")
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                   help="ours' precision, as train.py --precision (default auto: bf16 autocast on CUDA and on a "
+                        "CPU with native bf16, else fp32); the 'fp32' ablation is ours at fp32")
     p.add_argument("--quick", action="store_true", help="tiny model, batch and K: a smoke test")
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                    help="one process per config (default: on CPU, not with --quick); gives per-config peak RSS")
@@ -545,7 +554,7 @@ def parse_args(argv):
 def run_one(args) -> dict:
     """--one ENGINE:K:BATCH: measure that config alone and print its row for the parent."""
     engine, k, batch = args.one.split(":")
-    setup = engine_setups([engine], args.device, args.compile)[engine]
+    setup = engine_setups([engine], args.device, args.compile, args.precision)[engine]
     row = measure(args, engine, setup, [int(k)], int(batch))[0]
     print(ROW_TAG + json.dumps(row), flush=True)
     return row
@@ -557,12 +566,19 @@ def main(argv=None) -> dict:
     args.allocator = set_allocator(args.device, args.default_malloc)  # the same for every engine, as train.py
     if args.one:
         return run_one(args)
-    setups = engine_setups(args.engines, args.device, args.compile)
-    model, _, x, y = build(args, ours_setup(args.device, False), 2)
+    setups = engine_setups(args.engines, args.device, args.compile, args.precision)
+    model, _, x, y = build(args, ours_setup(args.device, False, "fp32"), 2)
     flops = count_flops(model, x, y)
     del model
     print(f"# bench_step: {args.model} {args.image_size}x{args.image_size} width {args.width}, {args.device}, "
           f"load average {args.loadavg_start[0]:.2f}")
+    device = describe_device(args.device)
+    if args.device == "cpu":
+        print(f"# CPU: {device['name']}, {device['cores']} cores, torch capability {device['capability']}, "
+              f"bf16: {device['bf16']}")
+    why = resolve_precision(dataclasses.replace(RECIPE, precision=args.precision), torch.device(args.device))[1]
+    print(f"# ours trains in {ours_setup(args.device, False, args.precision).precision} ({why}); "
+          "the official step in fp32")
     print(f"# GFLOP per image: forward {flops['fwd'] / 1e9:.3f}, input-grad {flops['igrad'] / 1e9:.3f}, "
           f"weight-grad {flops['wgrad'] / 1e9:.3f}; floor of step/ST: "
           + ", ".join(f"K={k} {flop_floor(k, **flops):.2f}" for k in args.ks))
