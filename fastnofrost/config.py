@@ -90,7 +90,7 @@ class TrainConfig:
                             "or per-layer (one op per layer and use: the reference path)")
     # data
     data: Optional[str] = _f(None, "ImageNet-layout folder, or digits / fashion-mnist (none: the digits demo)")
-    data_backend: str = _f("auto", "auto (dali-gpu on CUDA, torch on CPU), dali-gpu, dali-cpu, torch, synthetic")
+    data_backend: str = _f("auto", "auto (dali-gpu for a folder on CUDA when DALI imports, else torch), dali-gpu, dali-cpu, torch, synthetic")
     train_examples: int = _f(0, "train on this many examples of the training split, seeded pick (0: all)")
     val_split_examples: int = _f(0, "validate on this many examples of the validation split (0: all)")
     workers: int = _f(8, "data loader workers / DALI threads per rank")

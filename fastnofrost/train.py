@@ -83,6 +83,8 @@ class Trainer:
         self._check_run_dir()
         self.log = RunLog(cfg.run_dir, self.rank == 0, cfg.tensorboard, cfg.progress)
         self.log.info(f"precision {self.precision} ({resolved.why})")
+        if resolved.backend_why:
+            self.log.info(resolved.backend_why)
         self.preemption = Preemption()  # before the loaders fork their workers
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.method = self._build_method()

@@ -890,6 +890,26 @@ def test_bf16_gradients_are_reduced_in_fp32_under_zero(tmp_path, stage, config):
         assert error > 1e-3
 
 
+def test_auto_data_backend_uses_dali_only_when_it_imports(monkeypatch):
+    from fastnofrost.training import engine
+
+    def missing():
+        raise ImportError("the dali-gpu and dali-cpu data backends need NVIDIA DALI: pip install X")
+
+    folder, cuda = TrainConfig(data="/data/imagenet"), torch.device("cuda")
+    monkeypatch.setattr(engine, "import_dali", missing)
+    resolved = engine.resolve(folder, cuda)
+    assert resolved.backend == "torch" and "DALI does not import" in resolved.backend_why
+    assert "pip install X" in resolved.backend_why  # how to install it, in the one log line
+    assert engine.resolve(dataclasses.replace(folder, data_backend="dali-gpu"), cuda).backend == "dali-gpu"
+    monkeypatch.setattr(engine, "import_dali", lambda: None)
+    resolved = engine.resolve(folder, cuda)
+    assert (resolved.backend, resolved.backend_why) == ("dali-gpu", "")
+    for cfg, device in ((folder, torch.device("cpu")), (TrainConfig(data="digits"), cuda)):
+        resolved = engine.resolve(cfg, device)
+        assert (resolved.backend, resolved.backend_why) == ("torch", "")
+
+
 def test_deepspeed_config_from_flags_and_checked_file(tmp_path, caplog):
     from fastnofrost.training.engine import config_problems, deepspeed_config
 

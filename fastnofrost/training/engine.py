@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 
 from ..config import DATASETS, ConfigError, TrainConfig
+from ..data.dali import import_dali
 from ..device import cpu_bf16, cpu_bf16_missing
 
 log = logging.getLogger("fastnofrost.train")
@@ -43,12 +44,28 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> tuple:
     return auto_precision(device)
 
 
+def resolve_backend(cfg: TrainConfig, device: torch.device) -> tuple:
+    """(data backend, why; '' when there is nothing to say): ``--data-backend`` as given, or
+    auto's choice: DALI on the GPU for an image folder on CUDA when DALI imports, else torch."""
+    backend = cfg.data_backend
+    if backend == "dali-gpu" and device.type != "cuda":
+        raise ConfigError("--data-backend dali-gpu needs a CUDA device; use dali-cpu or torch on CPU")
+    if backend != "auto" or device.type != "cuda" or cfg.data in DATASETS:
+        return ("torch" if backend == "auto" else backend), ""
+    try:
+        import_dali()
+    except ImportError as exc:
+        return "torch", f"data backend torch (auto: DALI does not import, so the CPU decodes every image: {exc})"
+    return "dali-gpu", ""
+
+
 class Resolved(NamedTuple):
-    """A run's device defaults with 'auto' resolved: precision (and why), data backend,
-    channels_last, compile level."""
+    """A run's device defaults with 'auto' resolved: precision (and why), data backend (and why,
+    or ''), channels_last, compile level."""
     precision: str
     why: str
     backend: str
+    backend_why: str
     channels_last: bool
     compile: str
 
@@ -56,14 +73,10 @@ class Resolved(NamedTuple):
 def resolve(cfg: TrainConfig, device: torch.device) -> Resolved:
     """The run's device defaults with 'auto' resolved for the device."""
     precision, why = resolve_precision(cfg, device)
-    backend = cfg.data_backend
-    if backend == "auto":
-        backend = "dali-gpu" if device.type == "cuda" and cfg.data not in DATASETS else "torch"
-    if backend == "dali-gpu" and device.type != "cuda":
-        raise ConfigError("--data-backend dali-gpu needs a CUDA device; use dali-cpu or torch on CPU")
+    backend, backend_why = resolve_backend(cfg, device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     level = cfg.compile if cfg.compile != "auto" else ("full" if device.type == "cuda" else CPU_AUTO_COMPILE)
-    return Resolved(precision, why, backend, channels_last, level)
+    return Resolved(precision, why, backend, backend_why, channels_last, level)
 
 
 def micro_batch(cfg: TrainConfig, world: int) -> int:
