@@ -26,7 +26,6 @@ from fastnofrost.device import cpu_bf16
 from fastnofrost.methods import build_method
 from fastnofrost.models import create_model
 from fastnofrost.nn import group_weights, weight_group
-from fastnofrost.training import engine
 from fastnofrost.training.engine import auto_precision, resolve
 
 U = 2.0 ** -8  # bf16's unit roundoff
@@ -59,6 +58,20 @@ def test_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, avx512_bf16, a
 def test_auto_is_bf16_on_cuda_whatever_the_cpu(monkeypatch):
     fake_cpu(monkeypatch)
     assert auto_precision(torch.device("cuda")) == ("bf16", "auto: bf16 autocast on CUDA")
+
+
+def test_evaluation_stays_fp32_on_a_cpu_with_native_bf16(monkeypatch, tmp_path):
+    """Robustness numbers are reported in fp32: evaluation's default does not follow auto."""
+    from fastnofrost.evaluate import parse_args
+    from fastnofrost.evaluation.attacks import AttackSettings
+
+    fake_cpu(monkeypatch, avx512_bf16=True, amx=True)
+    assert auto_precision(torch.device("cpu"))[0] == "bf16"
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    assert parse_args(["--model", "nf_resnet26_small", "--checkpoint", str(weights), "--data", "digits"]).precision \
+        == "fp32"
+    assert AttackSettings().precision == "fp32"
 
 
 def test_onednn_capped_below_avx512_has_no_native_bf16():
