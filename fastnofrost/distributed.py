@@ -6,8 +6,10 @@ WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. Training joins through Deep
 where DeepSpeed is not installed, joins through torch (:func:`init_from_env`). NCCL on CUDA,
 gloo on CPU. Outside a process group every rank query answers as one process.
 """
+import glob
 import os
 import socket
+import time
 from typing import List
 
 import torch
@@ -20,12 +22,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# How long a run waits for another process's torch extension build (DeepSpeed builds its CPU
+# communication op at start-up); a build takes well under a minute, a lock left by a killed build
+# stays forever.
+BUILD_LOCK_WAIT_S = 600
+
+
+def wait_for_build_locks(timeout: float = BUILD_LOCK_WAIT_S, poll: float = 1.0, say=print) -> None:
+    """Wait until no torch extension build lock is held under this process's extensions folder
+    (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); after ``timeout`` seconds
+    stop with a message naming the lock. torch's own wait for such a lock never ends."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    deadline, said = time.monotonic() + timeout, False
+    while True:
+        locks = sorted(glob.glob(os.path.join(root, "*", "*", "lock")) + glob.glob(os.path.join(root, "*", "lock")))
+        if not locks:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"{locks[0]} has been held for over {timeout:.0f} s: a torch extension build that was killed "
+                "leaves its lock behind, and every later build of it waits forever. If no other run is building "
+                f"it, delete {locks[0]}, or give this run its own folder (TORCH_EXTENSIONS_DIR=...)")
+        if not said:
+            say(f"waiting for {locks[0]}: another process is building a torch extension (up to {timeout:.0f} s)")
+            said = True
+        time.sleep(poll)
+
+
 def init(device_type: str) -> None:
     if dist.is_available() and dist.is_initialized():
         return
     if "RANK" not in os.environ:  # plain python: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
+    wait_for_build_locks()  # DeepSpeed builds its CPU communication op inside init_distributed
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -888,6 +889,26 @@ def test_bf16_gradients_are_reduced_in_fp32_under_zero(tmp_path, stage, config):
         assert error < 1e-4
     else:
         assert error > 1e-3
+
+
+def test_a_stale_extension_build_lock_stops_the_start_with_its_name(tmp_path, monkeypatch):
+    """torch waits forever on a build lock that a killed build left; the run waits a bounded time,
+    then names the lock. A lock released meanwhile (another run's build done) lets it go on."""
+    from fastnofrost.distributed import wait_for_build_locks
+
+    lock = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    said = []
+    with pytest.raises(RuntimeError, match=f"{lock} has been held for over 0 s.*delete {lock}"):
+        wait_for_build_locks(timeout=0.3, poll=0.05, say=said.append)
+    assert len(said) == 1 and said[0].startswith(f"waiting for {lock}")
+    release = threading.Timer(0.3, lock.unlink)
+    release.start()
+    wait_for_build_locks(timeout=30, poll=0.05, say=said.append)
+    release.join()
+    assert not lock.exists()
 
 
 def test_auto_data_backend_uses_dali_only_when_it_imports(monkeypatch):
