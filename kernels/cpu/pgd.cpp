@@ -4,8 +4,9 @@
 //   start: x_adv  = clip(x + eps * (2u - 1), lo, hi),  u ~ U[0, 1) from Philox-4x32-10
 //
 // The random start draws u from Philox-4x32-10 keyed by the seed: element i takes output i % 4
-// of counter (i / 4, 0, 0, 0), mapped to [0, 1) as tl.rand maps bits. The Triton kernel draws
-// the same way (tl.randint4x), so CPU and CUDA give the same noise for the same seed.
+// of counter c = i / 4, given as (c mod 2^32, c >> 32, 0, 0), mapped to [0, 1) as tl.rand maps
+// bits. The Triton kernel draws the same way (tl.randint4x of int64 offsets), so CPU and CUDA give
+// the same noise for the same seed.
 #include "common.h"
 
 namespace fastnofrost {
@@ -46,16 +47,18 @@ inline uint32_t mulhi32(uint32_t a, uint32_t b) {
   return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
 }
 
-// Philox-4x32-10 with counters (first + j, 0, 0, 0), j < kLanes, and key = seed: four 32-bit
-// outputs per counter, out[k][j] = output k of counter first + j. The rounds run on kLanes
-// counters side by side, a loop the compiler vectorizes.
+// Philox-4x32-10 with counters c = first + j, j < kLanes, as (c mod 2^32, c >> 32, 0, 0), and
+// key = seed: four 32-bit outputs per counter, out[k][j] = output k of counter first + j. The
+// rounds run on kLanes counters side by side, a loop the compiler vectorizes.
 constexpr int kLanes = 16;
 
-inline void philox4_block(uint64_t seed, uint32_t first, uint32_t out[4][kLanes]) {
+inline void philox4_block(uint64_t seed, uint64_t first, uint32_t out[4][kLanes]) {
   uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
   for (int j = 0; j < kLanes; ++j) {
-    c0[j] = first + static_cast<uint32_t>(j);
-    c1[j] = c2[j] = c3[j] = 0;
+    const uint64_t c = first + static_cast<uint64_t>(j);
+    c0[j] = static_cast<uint32_t>(c);
+    c1[j] = static_cast<uint32_t>(c >> 32);
+    c2[j] = c3[j] = 0;
   }
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int r = 0; r < 10; ++r) {
@@ -97,7 +100,7 @@ void random_start_kernel(const scalar_t* x, scalar_t* out, int64_t n, double eps
     uint32_t bits[4][kLanes];
     float u[4 * kLanes];
     for (int64_t b = begin; b < end; ++b) {
-      philox4_block(seed, static_cast<uint32_t>(b * kLanes), bits);
+      philox4_block(seed, static_cast<uint64_t>(b) * kLanes, bits);
       for (int j = 0; j < kLanes; ++j)  // element 4 c + k takes output k of counter c
         for (int k = 0; k < 4; ++k) u[4 * j + k] = uniform_from_bits(bits[k][j]);
       const int64_t first = 4 * kLanes * b, count = std::min<int64_t>(4 * kLanes, n - first);

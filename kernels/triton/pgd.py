@@ -32,10 +32,10 @@ def _pgd_step_kernel(XA, G, X, OUT, n, alpha, eps, lo, hi, BLOCK: tl.constexpr):
 
 @triton.jit
 def _random_start_kernel(X, OUT, n, eps, lo, hi, seed, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # int64: past 2**31 elements
     mask = offs < n
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    r0, r1, r2, r3 = tl.randint4x(seed, offs // 4)
+    r0, r1, r2, r3 = tl.randint4x(seed, offs // 4)  # counter (c mod 2**32, c >> 32, 0, 0), as the CPU kernel
     lane = offs % 4
     u = tl.uint_to_uniform_float(tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3))))
     v = x + (u * 2.0 - 1.0) * eps
