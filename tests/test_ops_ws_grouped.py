@@ -206,6 +206,25 @@ def test_triton_forward_backward(dtype, gains):
                                        rtol=tol)
 
 
+def test_triton_launches_follow_the_row_lengths():
+    """One launch per block size; each row in the launch whose BLOCK is the power of two at or
+    above its length (at most 4096), exactly once (the outputs above are poisoned: a row left
+    out fails there)."""
+    from fastnofrost.triton_kernels import ws_grouped as tws
+
+    weights, gain, scales, eps = group(TRITON_SHAPES, torch.float32, True)
+    gs = [w.new_empty(0) if g is None else g for w, g in zip(weights, gain)]
+    launches = tws._group(weights, gs, scales, eps)[3]
+    block_of_row = {}
+    for block, ids, count in launches:
+        assert len(ids) == count
+        block_of_row.update({int(r): block for r in ids})
+    lengths = [w[0].numel() for w in weights for _ in range(w.shape[0])]  # per row, in order
+    assert len(block_of_row) == len(lengths) == sum(count for _, _, count in launches)
+    assert [block_of_row[r] for r in range(len(lengths))] == [min(1 << (n - 1).bit_length(), 4096) for n in lengths]
+    assert sorted(b for b, _, _ in launches) == sorted({block_of_row[r] for r in block_of_row})  # one per size
+
+
 def test_backward_reads_gradients_of_another_dtype_or_layout():
     """Autocast hands the backward bf16 gradients of float32 weights, and a conv may hand a
     gradient in another memory order: the kernels read the first as they are (both the C++ and

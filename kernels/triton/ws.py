@@ -21,7 +21,9 @@ import triton.language as tl
 _MAX_BLOCK = 4096
 
 
-def _block(n: int) -> int:
+def row_block(n: int) -> int:
+    """BLOCK for rows of ``n`` elements: the power of two at or above n, at most 4096 (a longer row
+    loops over blocks)."""
     return min(triton.next_power_of_2(n), _MAX_BLOCK)
 
 
@@ -119,7 +121,7 @@ def ws_forward(weight: torch.Tensor, gain, scale: float, eps: float):
     rstd = torch.empty(rows, dtype=stat_dtype, device=w.device)
     g = gain.contiguous() if gain is not None else w
     _ws_fwd_kernel[(rows,)](w, g, out, mean, rstd, n, float(scale), float(eps),
-                            HAS_GAIN=gain is not None, ACC=acc, BLOCK=_block(n))
+                            HAS_GAIN=gain is not None, ACC=acc, BLOCK=row_block(n))
     return out, mean, rstd
 
 
@@ -133,5 +135,5 @@ def ws_backward(grad: torch.Tensor, weight: torch.Tensor, gain, mean, rstd, scal
     dgain = torch.empty(rows, dtype=stat_dtype, device=w.device)
     g = gain.contiguous() if gain is not None else w
     _ws_bwd_kernel[(rows,)](gr, w, g, mean.contiguous(), rstd.contiguous(), dw, dgain, n, float(scale),
-                            HAS_GAIN=gain is not None, ACC=acc, BLOCK=_block(n))
+                            HAS_GAIN=gain is not None, ACC=acc, BLOCK=row_block(n))
     return dw, dgain

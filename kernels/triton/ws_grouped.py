@@ -1,5 +1,10 @@
-"""Grouped scaled weight standardization: Triton forward and backward, one launch each for a
-whole list of weights, one program per row (output channel) of any weight.
+"""Grouped scaled weight standardization: Triton forward and backward for a whole list of
+weights, one program per row (output channel) of any weight.
+
+Rows are launched by block size: each weight's rows go to the launch whose BLOCK is the power of
+two at or above its row length (capped at 4096, as the per-layer kernels: ws.py), so a 27-element
+stem row is not read by a 4096-wide vector. One launch per distinct block size (ResNet-50: at most
+eight per pass); each program reads its row's number from its launch's row list.
 
 The weights stay where they are (parameters): a per-weight table holds each one's address,
 its gain's address, its row length, its first row and its offset in the flat output, and a
@@ -14,9 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .ws import ws_row_backward, ws_row_forward
+from .ws import row_block, ws_row_backward, ws_row_forward
 
-_MAX_BLOCK = 4096
 _FIELDS = 5  # weight address, gain address, row length, first row, offset in the flat buffer
 
 
@@ -35,8 +39,9 @@ def _row(META, FMETA, ROW_LAYER, row, DT: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(META, FMETA, ROW_LAYER, OUT, MEAN, RSTD, DT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _fwd_kernel(META, FMETA, ROW_LAYER, ROWS, OUT, MEAN, RSTD, DT: tl.constexpr, ACC: tl.constexpr,
+                BLOCK: tl.constexpr):
+    row = tl.load(ROWS + tl.program_id(0)).to(tl.int64)
     w, n, offset, gain, scale, eps = _row(META, FMETA, ROW_LAYER, row, DT, ACC)
     mean, rstd = ws_row_forward(w, OUT + offset, n, gain, scale, eps, ACC, BLOCK)
     tl.store(MEAN + row, mean)
@@ -44,9 +49,9 @@ def _fwd_kernel(META, FMETA, ROW_LAYER, OUT, MEAN, RSTD, DT: tl.constexpr, ACC: 
 
 
 @triton.jit
-def _bwd_kernel(META, FMETA, ROW_LAYER, GRADS, MEAN, RSTD, DW, DGAIN, DT: tl.constexpr, GDT: tl.constexpr,
+def _bwd_kernel(META, FMETA, ROW_LAYER, ROWS, GRADS, MEAN, RSTD, DW, DGAIN, DT: tl.constexpr, GDT: tl.constexpr,
                 ACC: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+    row = tl.load(ROWS + tl.program_id(0)).to(tl.int64)
     w, n, offset, gain, scale, _eps = _row(META, FMETA, ROW_LAYER, row, DT, ACC)
     layer = tl.load(ROW_LAYER + row).to(tl.int64)
     local = row - tl.load(META + layer * 5 + 3)
@@ -67,7 +72,8 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _group(weights, gains, scales, eps):
-    """(meta, fmeta, row_layer, rows, total, block) for this list, built once per key."""
+    """(meta, fmeta, row_layer, launches, rows, total, ones) for this list, built once per key;
+    ``launches``: [(BLOCK, the rows of that block size as a device tensor, their count)]."""
     key = (tuple(w.data_ptr() for w in weights), tuple(g.data_ptr() if g.numel() else 0 for g in gains),
            tuple(w.numel() for w in weights), tuple(w.shape[0] for w in weights), tuple(scales), tuple(eps))
     hit = _tables.get(key)
@@ -81,10 +87,14 @@ def _group(weights, gains, scales, eps):
         meta.append([w.data_ptr(), (g if g.numel() else ones).data_ptr(), w.numel() // r, first, offset])
         first, offset = first + r, offset + w.numel()
     row_layer = torch.repeat_interleave(torch.arange(len(weights), dtype=torch.int32), torch.tensor(rows))
-    block = min(triton.next_power_of_2(max(w.numel() // r for w, r in zip(weights, rows))), _MAX_BLOCK)
+    by_block = {}
+    for (_, _, n, start, _), r in zip(meta, rows):
+        by_block.setdefault(row_block(n), []).append(torch.arange(start, start + r, dtype=torch.int32))
+    launches = [(block, _to_device(torch.cat(parts), device), sum(len(p) for p in parts))
+                for block, parts in sorted(by_block.items())]
     hit = (_to_device(torch.tensor(meta, dtype=torch.int64), device),
            _to_device(torch.tensor([[s, e] for s, e in zip(scales, eps)], dtype=torch.float64), device),
-           _to_device(row_layer, device), first, offset, block, ones)
+           _to_device(row_layer, device), launches, first, offset, ones)
     if len(_tables) > 8:  # stale groups (a model moved or rebuilt): drop them
         _tables.clear()
     _tables[key] = hit
@@ -96,13 +106,15 @@ def _acc(dtype):
 
 
 def forward(weights, gains, scales, eps):
-    meta, fmeta, row_layer, rows, total, block, _ = _group(weights, gains, scales, eps)
+    meta, fmeta, row_layer, launches, rows, total, _ = _group(weights, gains, scales, eps)
     first = weights[0]
     acc, stat = _acc(first.dtype)
     out = torch.empty(total, dtype=first.dtype, device=first.device)
     mean = torch.empty(rows, dtype=stat, device=first.device)
     rstd = torch.empty(rows, dtype=stat, device=first.device)
-    _fwd_kernel[(rows,)](meta, fmeta, row_layer, out, mean, rstd, DT=_TL[first.dtype], ACC=acc, BLOCK=block)
+    for block, ids, count in launches:
+        _fwd_kernel[(count,)](meta, fmeta, row_layer, ids, out, mean, rstd, DT=_TL[first.dtype], ACC=acc,
+                              BLOCK=block)
     return out, mean, rstd
 
 
@@ -110,12 +122,14 @@ def backward(grads, weights, gains, mean, rstd, scales):
     """``grads``: one per weight, all of one dtype, each in its weight's memory order (the
     caller's check); their addresses change every step, so their table is built per call (one
     pinned, queued copy: no sync)."""
-    meta, fmeta, row_layer, rows, total, block, _ = _group(weights, gains, scales, [1.0] * len(weights))
+    meta, fmeta, row_layer, launches, rows, total, _ = _group(weights, gains, scales, [1.0] * len(weights))
     first = weights[0]
     acc, stat = _acc(first.dtype)
     table = _to_device(torch.tensor([g.data_ptr() for g in grads], dtype=torch.int64), first.device)
     dw = torch.empty(total, dtype=first.dtype, device=first.device)
     dgain = torch.empty(rows, dtype=stat, device=first.device)
-    _bwd_kernel[(rows,)](meta, fmeta, row_layer, table, mean.contiguous(), rstd.contiguous(), dw, dgain,
-                         DT=_TL[first.dtype], GDT=_TL[grads[0].dtype], ACC=acc, BLOCK=block)
+    mean, rstd = mean.contiguous(), rstd.contiguous()
+    for block, ids, count in launches:
+        _bwd_kernel[(count,)](meta, fmeta, row_layer, ids, table, mean, rstd, dw, dgain, DT=_TL[first.dtype],
+                              GDT=_TL[grads[0].dtype], ACC=acc, BLOCK=block)
     return dw, dgain
