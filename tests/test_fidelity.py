@@ -23,6 +23,7 @@ sys.path.insert(0, BENCH)
 from fidelity import MBNAT_GAMMAS, aggregate, comparisons, mbnat_clean_at, verdicts  # noqa: E402  (not a package)
 from official import official_model, official_optimizer, official_step  # noqa: E402
 from fastnofrost.models import create_model  # noqa: E402
+from fastnofrost.training.engine import auto_precision  # noqa: E402
 
 CURVE = [{"gamma": 0.0, "clean": 90.0, "pgd20": 10.0}, {"gamma": 0.5, "clean": 80.0, "pgd20": 40.0},
          {"gamma": 1.0, "clean": 70.0, "pgd20": 60.0}]
@@ -62,8 +63,11 @@ def test_tiny_run_writes_table_json_and_figure(tmp_path):
         assert all(0 <= r[m] <= 100 for m in ("clean", "pgd20", "apgd_ce")) and r["train_s"] > 0
     assert [c["gamma"] for c in result["results"]["ours"]["mbnat"]["curve"]] == list(MBNAT_GAMMAS)
     assert {c["baseline"] for c in result["comparisons"]} == {"mbnat", "mbnat_curve_at_nofrost_pgd20"}
+    precision = auto_precision(torch.device("cpu"))[0]  # --ours-precision auto, as train.py resolves it
+    assert result["precisions"] == {"ours": precision}
     markdown = (tmp_path / "results" / "fidelity_quick.md").read_text()
-    assert "| NoFrost | NF | ours |" in markdown and "| MBNAT (gamma 0.5) | dual BN | ours |" in markdown
+    assert f"| NoFrost | NF | ours {precision} |" in markdown
+    assert f"| MBNAT (gamma 0.5) | dual BN | ours {precision} |" in markdown
     assert (tmp_path / "results" / "fidelity_quick.png").stat().st_size > 0
 
 
@@ -99,7 +103,8 @@ def test_mean_sd_over_seeds_and_the_verdict_rule_by_hand():
 def test_two_engines_with_two_seeds_end_to_end(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "results"))
     command = [sys.executable, os.path.join(BENCH, "fidelity.py"), "--quick", "--data", "digits", "--device", "cpu",
-               "--methods", "nofrost", "--engines", "ours,official", "--seeds", "2", "--jobs", "2", "--threads", "1",
+               "--methods", "nofrost", "--engines", "ours,official", "--ours-precision", "fp32", "--seeds", "2",
+               "--jobs", "2", "--threads", "1",
                "--out", str(tmp_path / "runs"), "--epochs", "2", "--train-examples", "128", "--image-size", "8",
                "--steps", "1", "--eval-examples", "32", "--aa-examples", "0"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -109,7 +114,10 @@ def test_two_engines_with_two_seeds_end_to_end(tmp_path):
                                                                         ("ours", 0), ("ours", 1)]
     for r in result["runs"]:
         assert "error" not in r and r["n"] == 32
-        summary = json.loads((tmp_path / "runs" / f"nofrost-{r['engine']}-seed{r['seed']}" / "summary.json").read_text())
+        run_dir = tmp_path / "runs" / f"nofrost-{r['engine']}-fp32-seed{r['seed']}"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        if r["engine"] == "ours":  # train.py at --ours-precision
+            assert json.loads((run_dir / "config.json").read_text())["precision_resolved"] == "fp32"
         assert summary["wall_s"] > 0 and (summary.get("engine") == "official") == (r["engine"] == "official")
     for engine in ("ours", "official"):
         values = [r["clean"] for r in result["runs"] if r["engine"] == engine]
@@ -119,7 +127,8 @@ def test_two_engines_with_two_seeds_end_to_end(tmp_path):
     assert v["key"] == "nofrost" and set(v["metrics"]) == {"clean", "pgd20", "apgd_ce"}
     assert v["equal"] == all(abs(d["diff"]) < 2 * d["se"] for d in v["metrics"].values())
     markdown = (tmp_path / "results" / "fidelity_quick.md").read_text()
-    assert "| NoFrost | NF | official |" in markdown and "ours minus official" in markdown
+    assert "| NoFrost | NF | official fp32 |" in markdown and "| NoFrost | NF | ours fp32 |" in markdown
+    assert "ours minus official" in markdown
 
 
 def test_official_engine_refuses_methods_the_official_script_does_not_train(tmp_path):
