@@ -9,28 +9,33 @@ run at another ATEN_CPU_CAPABILITY (or on another host sharing the directory) le
 /tmp/torchinductor_<user> is served here and computes NaNs and wrong gradients, or dies of
 SIGBUS. Subprocesses of the tests inherit the same directory.
 
-Torch extension builds (DeepSpeed builds its CPU communication op when a run starts) also go to a
-folder of the session's own (unless TORCH_EXTENSIONS_DIR is set): the shared one may hold a lock
-left by a killed build, or a build of another torch, and torch waits on such a lock forever.
+Torch extension builds (DeepSpeed builds its CPU communication op when a run starts) go to a
+folder of the test environment's own, inside its Python prefix (unless TORCH_EXTENSIONS_DIR is
+set): the shared ~/.cache/torch_extensions may hold a build of another torch, or a lock left by a
+killed build, on which torch waits forever. Kept across sessions, so the op is built once per
+environment; a stale lock there stops a run after a bounded wait, naming it
+(fastnofrost/distributed.py).
 """
 import os
 import shutil
+import sys
 import tempfile
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-_PRIVATE = [os.environ.setdefault(name, tempfile.mkdtemp(prefix=f"fastnofrost-tests-{kind}-"))
-            for name, kind in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TORCH_EXTENSIONS_DIR", "extensions"))
-            if name not in os.environ]
+_INDUCTOR_CACHE = None
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _INDUCTOR_CACHE = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastnofrost-tests-inductor-")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch-extensions"))
 
 import pytest  # noqa: E402
 
 
 def pytest_unconfigure(config):
-    for folder in _PRIVATE:
-        shutil.rmtree(folder, ignore_errors=True)
+    if _INDUCTOR_CACHE is not None:
+        shutil.rmtree(_INDUCTOR_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
