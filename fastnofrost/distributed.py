@@ -23,18 +23,22 @@ def free_port() -> int:
 
 
 # How long a run waits for another process's torch extension build (DeepSpeed builds its CPU
-# communication op at start-up); a build takes well under a minute, a lock left by a killed build
-# stays forever.
+# communication op at start-up); a build takes well under a minute.
 BUILD_LOCK_WAIT_S = 600
 
 
 def wait_for_build_locks(timeout: float = BUILD_LOCK_WAIT_S, poll: float = 1.0, say=print) -> None:
-    """Wait until no torch extension build lock is held under this process's extensions folder
-    (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); after ``timeout`` seconds
-    stop with a message naming the lock. torch's own wait for such a lock never ends."""
-    from torch.utils.cpp_extension import get_default_build_root
+    """Where torch guards extension builds with a lock FILE (torch <= 2.11: ``FileBaton``, whose
+    file a killed build leaves behind and on which torch then waits forever): wait until no such
+    file is under this process's extensions folder (``TORCH_EXTENSIONS_DIR``, default
+    ``~/.cache/torch_extensions``), and after ``timeout`` seconds stop with a message naming it.
+    Newer torch holds an OS lock on that file instead (released when its holder dies; the file
+    stays): nothing to wait for here."""
+    from torch.utils import cpp_extension
 
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    if not hasattr(cpp_extension, "FileBaton"):
+        return
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
     deadline, said = time.monotonic() + timeout, False
     while True:
         locks = sorted(glob.glob(os.path.join(root, "*", "*", "lock")) + glob.glob(os.path.join(root, "*", "lock")))

@@ -9,15 +9,15 @@ run at another ATEN_CPU_CAPABILITY (or on another host sharing the directory) le
 /tmp/torchinductor_<user> is served here and computes NaNs and wrong gradients, or dies of
 SIGBUS. Subprocesses of the tests inherit the same directory.
 
-Torch extension builds (DeepSpeed builds its CPU communication op when a run starts) go to a
-folder of the test environment's own, inside its Python prefix (unless TORCH_EXTENSIONS_DIR is
-set): the shared ~/.cache/torch_extensions may hold a build of another torch, or a lock left by a
-killed build, on which torch waits forever. Kept across sessions, so the op is built once per
-environment; a stale lock there stops a run after a bounded wait, naming it
-(fastnofrost/distributed.py).
+Torch extension builds (DeepSpeed builds its CPU communication op when a run starts) also go to a
+folder of the session's own (unless TORCH_EXTENSIONS_DIR is set): the shared
+~/.cache/torch_extensions may hold a build of another torch, or a lock left by a killed build, on
+which torch waits forever. The modules that start DeepSpeed use the ``deepspeed_op`` fixture,
+which builds the op once, before their first run (so no run's timeout pays for it).
 """
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -25,17 +25,34 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-_INDUCTOR_CACHE = None
-if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-    _INDUCTOR_CACHE = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastnofrost-tests-inductor-")
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch-extensions"))
+_PRIVATE = [os.environ.setdefault(name, tempfile.mkdtemp(prefix=f"fastnofrost-tests-{kind}-"))
+            for name, kind in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TORCH_EXTENSIONS_DIR", "extensions"))
+            if name not in os.environ]
 
 import pytest  # noqa: E402
 
 
 def pytest_unconfigure(config):
-    if _INDUCTOR_CACHE is not None:
-        shutil.rmtree(_INDUCTOR_CACHE, ignore_errors=True)
+    for folder in _PRIVATE:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+BUILD_DEEPSPEED_OP = """
+from deepspeed.accelerator import get_accelerator
+builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+if builder is not None:
+    builder.load()
+"""
+
+
+@pytest.fixture(scope="session")
+def deepspeed_op():
+    """DeepSpeed's CPU communication op, built once in the session's extensions folder."""
+    if torch.cuda.is_available():
+        return
+    pytest.importorskip("deepspeed")
+    done = subprocess.run([sys.executable, "-c", BUILD_DEEPSPEED_OP], capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -24,6 +24,7 @@ from fidelity import MBNAT_GAMMAS, aggregate, comparisons, mbnat_clean_at, verdi
 from official import official_model, official_optimizer, official_step  # noqa: E402
 from fastnofrost.models import create_model  # noqa: E402
 from fastnofrost.training.engine import auto_precision  # noqa: E402
+pytestmark = pytest.mark.usefixtures("deepspeed_op")  # built once, before the first run
 
 CURVE = [{"gamma": 0.0, "clean": 90.0, "pgd20": 10.0}, {"gamma": 0.5, "clean": 80.0, "pgd20": 40.0},
          {"gamma": 1.0, "clean": 70.0, "pgd20": 60.0}]

@@ -20,6 +20,7 @@ from fastnofrost.data.samples import make_class_folder
 sys.path.insert(0, BENCHMARKS)
 import gpu_acceptance  # noqa: E402  (benchmarks/ is not a package)
 from gpu_acceptance import Check, Skip, run_checks, verdict_table  # noqa: E402
+pytestmark = pytest.mark.usefixtures("deepspeed_op")  # built once, before the first run
 
 
 def test_verdicts_ran_failed_skipped_and_the_budget():

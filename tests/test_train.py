@@ -29,6 +29,7 @@ from fastnofrost.training.logger import read_log
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "fastnofrost", "train.py")
 ATTACK = PGD(eps=8 / 255, steps=3)
+pytestmark = pytest.mark.usefixtures("deepspeed_op")  # built once, before the first run
 
 
 @pytest.fixture(scope="module")
@@ -892,8 +893,10 @@ def test_bf16_gradients_are_reduced_in_fp32_under_zero(tmp_path, stage, config):
 
 
 def test_a_stale_extension_build_lock_stops_the_start_with_its_name(tmp_path, monkeypatch):
-    """torch waits forever on a build lock that a killed build left; the run waits a bounded time,
-    then names the lock. A lock released meanwhile (another run's build done) lets it go on."""
+    """torch <= 2.11 (FileBaton) waits forever on a build lock file that a killed build left; the
+    run waits a bounded time, then names the lock. A lock released meanwhile (another run's build
+    done) lets it go on. Newer torch holds an OS lock on a file that stays: no wait at all."""
+    from torch.utils import cpp_extension
     from fastnofrost.distributed import wait_for_build_locks
 
     lock = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
@@ -901,6 +904,10 @@ def test_a_stale_extension_build_lock_stops_the_start_with_its_name(tmp_path, mo
     lock.write_text("")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     said = []
+    monkeypatch.delattr(cpp_extension, "FileBaton", raising=False)  # torch 2.14: OS locks
+    wait_for_build_locks(timeout=0, poll=0.05, say=said.append)  # returns at once, says nothing
+    assert not said and lock.exists()
+    monkeypatch.setattr(cpp_extension, "FileBaton", object, raising=False)  # torch 2.11: lock files
     with pytest.raises(RuntimeError, match=f"{lock} has been held for over 0 s.*delete {lock}"):
         wait_for_build_locks(timeout=0.3, poll=0.05, say=said.append)
     assert len(said) == 1 and said[0].startswith(f"waiting for {lock}")
