@@ -430,7 +430,7 @@ def goals(rows, device: str) -> list:
             row = next((r for r in rows if (r["engine"], r["k"], r["batch"]) == (engine, k, batch)), None)
             value = row.get(metric) if row else None
             met = None if value is None else (value >= threshold if higher else value <= threshold)
-            out.append(dict(engine=engine, precision=row["precision"] if row else None, metric=metric, k=k,
+            out.append(dict(engine=engine, precision=row.get("precision") if row else None, metric=metric, k=k,
                             batch=batch, value=value, threshold=threshold,
                             goal=f"{'>=' if higher else '<='} {threshold}", met=met))
     return out
