@@ -576,9 +576,8 @@ def main(argv=None) -> dict:
     if args.device == "cpu":
         print(f"# CPU: {device['name']}, {device['cores']} cores, torch capability {device['capability']}, "
               f"bf16: {device['bf16']}")
-    why = resolve_precision(dataclasses.replace(RECIPE, precision=args.precision), torch.device(args.device))[1]
-    print(f"# ours trains in {ours_setup(args.device, False, args.precision).precision} ({why}); "
-          "the official step in fp32")
+    precision, why = resolve_precision(dataclasses.replace(RECIPE, precision=args.precision), torch.device(args.device))
+    print(f"# ours trains in {precision} ({why}); the official step in fp32")
     print(f"# GFLOP per image: forward {flops['fwd'] / 1e9:.3f}, input-grad {flops['igrad'] / 1e9:.3f}, "
           f"weight-grad {flops['wgrad'] / 1e9:.3f}; floor of step/ST: "
           + ", ".join(f"K={k} {flop_floor(k, **flops):.2f}" for k in args.ks))

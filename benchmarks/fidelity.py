@@ -60,9 +60,9 @@ from fastnofrost.attacks import get_attack
 from fastnofrost.data import build_loader
 from fastnofrost.data.datasets import load_fashion_mnist
 from fastnofrost.models import create_model, load_checkpoint
-from fastnofrost.config import PRECISIONS
+from fastnofrost.config import PRECISIONS, TrainConfig
 from fastnofrost.nn import set_bn_mode
-from fastnofrost.training.engine import auto_precision
+from fastnofrost.training.engine import resolve_precision
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINES = {"ours": REPO / "fastnofrost" / "train.py", "official": REPO / "benchmarks" / "official_train.py"}
@@ -518,10 +518,9 @@ def parse(argv=None):
     args.engines = [e for e in ENGINES if e in engines]
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA device is visible")
-    args.precisions = {"ours": args.ours_precision, "official": "fp32"}
-    args.precision_why = {"ours": "--ours-precision " + args.ours_precision, "official": "PGDAT.py's precision"}
-    if args.ours_precision == "auto":
-        args.precisions["ours"], args.precision_why["ours"] = auto_precision(torch.device(args.device))
+    ours = resolve_precision(TrainConfig(precision=args.ours_precision), torch.device(args.device))  # as train.py
+    args.precisions = {"ours": ours[0], "official": "fp32"}
+    args.precision_why = {"ours": ours[1], "official": "PGDAT.py's precision"}
     cores = os.cpu_count() or 1
     args.jobs = args.jobs or (2 if args.quick and args.device == "cpu" and cores >= 2 else 1)
     args.threads = args.threads or max(1, cores // args.jobs)

@@ -23,11 +23,16 @@ def prepare(device: torch.device) -> torch.device:
     return device
 
 
+def _bf16_instructions() -> list:
+    """The bf16 instructions torch's CPU probe finds on this CPU."""
+    return [name for name, has in (("AMX", torch.cpu._is_amx_tile_supported()),
+                                   ("AVX512-BF16", torch.cpu._is_avx512_bf16_supported())) if has]
+
+
 def cpu_bf16() -> Optional[str]:
     """The bf16 instructions this CPU computes with (e.g. 'AMX + AVX512-BF16'), or None when it
     has none or oneDNN may not use them."""
-    found = [name for name, has in (("AMX", torch.cpu._is_amx_tile_supported()),
-                                    ("AVX512-BF16", torch.cpu._is_avx512_bf16_supported())) if has]
+    found = _bf16_instructions()
     if not found or not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         return None
     return " + ".join(found)
@@ -35,7 +40,7 @@ def cpu_bf16() -> Optional[str]:
 
 def cpu_bf16_missing() -> str:
     """Why ``cpu_bf16()`` is None here, in words (for the run's first line)."""
-    isa = torch.backends.cpu.get_cpu_capability()
-    if not (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()):
-        return f"this CPU has no AVX512-BF16 or AMX (torch's CPU capability: {isa}): bf16 would be emulated"
+    if not _bf16_instructions():
+        return (f"this CPU has no AVX512-BF16 or AMX (torch's CPU capability: "
+                f"{torch.backends.cpu.get_cpu_capability()}): bf16 would be emulated")
     return "oneDNN may not use bf16 here (ONEDNN_MAX_CPU_ISA, or torch built without oneDNN)"
