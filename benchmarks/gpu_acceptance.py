@@ -27,7 +27,11 @@ from the wheels of benchmarks/gpu_wheels.sh):
      window also counts calls of ``torch.cuda.synchronize``, ``torch.cpu.synchronize`` and
      DeepSpeed's ``get_accelerator().synchronize`` (its timers'), each with its call site;
   5. evaluate: the NoFrost run's final weights: clean, pgd, apgd-ce and aa on a few hundred images;
-  6. st and mbnat (resnet26_dualbn) at fp16, a few steps each, each then resumed.
+  6. imagenet: the README's ImageNet command (``--model nf_resnet50 --method nofrost``, every other
+     flag at its default: 224 px, batch 256, PGD-10, precision, compile and data backend auto,
+     validation) on the generated folder, with ``--grad-accum 8`` so that one GPU runs the per-rank
+     micro-batch (32) of the README's 8-GPU run, for 2 optimizer steps;
+  7. st and mbnat (resnet26_dualbn) at fp16, a few steps each, each then resumed.
 The data backend is ``torch`` here: DALI (about 600 MB) cannot travel to the GPU machine (no
 registry); ``dali-gpu`` stays the default where DALI is installed. Each check may take what is
 left of ``--budget`` seconds, less 15 s for each later one; one that depends on a failed or
@@ -84,11 +88,16 @@ class Sizes:
     per_class: tuple
     pixels: tuple
     workers: int
+    imagenet: tuple  # flags added to README_IMAGENET (GPU: the run's length and one GPU's share)
 
 
+# The README's ImageNet command (8 GPUs), less its launcher and its --data / --out.
+README_IMAGENET = ("--model", "nf_resnet50", "--method", "nofrost")
 GPU = Sizes("cuda", "nf_resnet26", 1.0, 224, 64, 30, 10, 6, 256, 256, 40, (("train", 64), ("val", 10)),
-            (160, 320), 8)
-DRY = Sizes("cpu", "nf_resnet26_small", 0.25, 16, 16, 4, 2, 2, 16, 16, 10, (("train", 8), ("val", 2)), (24, 48), 0)
+            (160, 320), 8, ("--grad-accum", "8", "--max-steps", "2"))
+DRY = Sizes("cpu", "nf_resnet26_small", 0.25, 16, 16, 4, 2, 2, 16, 16, 10, (("train", 8), ("val", 2)), (24, 48), 0,
+            ("--max-steps", "1", "--device", "cpu", "--width", "0.25", "--image-size", "16", "--batch-size", "16",
+             "--workers", "0", "--val-examples", "16"))
 
 
 @dataclasses.dataclass
@@ -209,6 +218,15 @@ def _resume_detail(run_dir: str, before: int, steps: int) -> str:
     return f"resumed at step {before}: " + _train_detail(run_dir, steps)
 
 
+def _imagenet_detail(run_dir: str, steps: int) -> str:
+    config = json.load(open(os.path.join(run_dir, "config.json")))
+    shape = {k: config[k] for k in ("model", "method", "image_size", "batch_size", "grad_accum", "world_size")}
+    micro = shape["batch_size"] // (shape["world_size"] * shape["grad_accum"])
+    return (f"{shape['model']} {shape['method']} at {shape['image_size']} px, batch {shape['batch_size']} "
+            f"({micro} per forward x {shape['grad_accum']} accumulated), backend {config['data_backend_resolved']}: "
+            + _train_detail(run_dir, steps))
+
+
 def _eval_detail(out: str) -> str:
     with open(os.path.join(out, "report.json")) as fh:
         report = json.load(fh)
@@ -320,6 +338,14 @@ def build_checks(sizes: Sizes, work: str, python: str = sys.executable) -> List[
                                      "--precision", "bf16", "--workers", str(sizes.workers), "--device",
                                      sizes.device, "--no-progress", "--out", report],
                         lambda: _eval_detail(report), ("nofrost-resume",)))
+    # the README's ImageNet command, its defaults kept (224 px, batch 256, PGD-10, precision and compile
+    # auto, validation), on one GPU with an 8-GPU run's per-rank micro-batch, for a few steps
+    imagenet = os.path.join(runs, "imagenet")
+    flags = [*README_IMAGENET, *sizes.imagenet]
+    steps_imagenet = int(flags[flags.index("--max-steps") + 1])
+    checks.append(Check("imagenet", [*launcher, "--num_gpus", "1", TRAIN, "--data", data, *flags, "--progress", "false",
+                                     "--out", imagenet],
+                        lambda: _imagenet_detail(imagenet, steps_imagenet), ("deepspeed", "data"), run_dir=imagenet))
     short = sizes.short
     for method, model in (("st", sizes.model), ("mbnat", "resnet26_dualbn" + sizes.model[len("nf_resnet26"):])):
         out, cmd = train(method, method, model, "fp16", short, val=False)

@@ -79,7 +79,7 @@ class Trainer:
         self.cfg, self.device = cfg, device
         self.rank, self.world = distributed.rank(), distributed.world_size()
         resolved = resolve(cfg, device)
-        self.precision, self.compile_level = resolved.precision, resolved.compile
+        self.precision, self.compile_level, self.backend = resolved.precision, resolved.compile, resolved.backend
         self._check_run_dir()
         self.log = RunLog(cfg.run_dir, self.rank == 0, cfg.tensorboard, cfg.progress)
         self.log.info(f"precision {self.precision} ({resolved.why})")
@@ -170,7 +170,8 @@ class Trainer:
                           f"batch {self.state.batch})")
         elif self.rank == 0:
             with open(os.path.join(cfg.run_dir, "config.json"), "w") as fh:
-                json.dump({**cfg.to_dict(), "precision_resolved": self.precision, "world_size": self.world}, fh,
+                json.dump({**cfg.to_dict(), "precision_resolved": self.precision,
+                           "data_backend_resolved": self.backend, "world_size": self.world}, fh,
                           indent=1)
         self.log.info(f"{cfg.method} on {cfg.model} ({self._n_params() / 1e6:.2f}M parameters), {self.world} rank(s) "
                       f"on {self.device.type}, {self.precision}, {self.steps_per_epoch} steps/epoch, "

@@ -16,6 +16,7 @@ from PIL import Image
 from helpers import BENCHMARKS
 from fastnofrost.data import build_loader
 from fastnofrost.data.samples import make_class_folder
+from fastnofrost.training.engine import auto_precision
 
 sys.path.insert(0, BENCHMARKS)
 import gpu_acceptance  # noqa: E402  (benchmarks/ is not a package)
@@ -92,15 +93,15 @@ def test_class_folder_is_a_learnable_imagenet_layout(tmp_path):
 def test_dry_mode_runs_every_check_on_cpu(tmp_path):
     """The real script, --dry: data, NoFrost (bf16) + resume, the cuda-graphs probe (a compiled
     attack; no CUDA graphs to see on CPU: skipped), the no-syncs probe (train.py's steady-state
-    steps: no synchronize call), evaluate (clean, pgd, apgd-ce, aa), ST and MBNAT (fp16) +
-    resume, each through the real command lines; the verdict table last and acceptance.json."""
+    steps: no synchronize call), evaluate (clean, pgd, apgd-ce, aa), the README's ImageNet command
+    (nf_resnet50, defaults, here at tiny sizes), ST and MBNAT (fp16) + resume, each through the real command lines; the verdict table last and acceptance.json."""
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "gpu_acceptance.py"), "--dry", "--budget", "1200",
                            "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=1500,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(out)})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     result = json.loads((out / "acceptance.json").read_text())
-    names = ["deepspeed", "data", "nofrost", "nofrost-resume", "cuda-graphs", "no-syncs", "evaluate", "st", "st-resume",
+    names = ["deepspeed", "data", "nofrost", "nofrost-resume", "cuda-graphs", "no-syncs", "evaluate", "imagenet", "st", "st-resume",
              "mbnat", "mbnat-resume"]
     assert [c["name"] for c in result["checks"]] == names
     by = {c["name"]: c for c in result["checks"]}
@@ -115,6 +116,9 @@ def test_dry_mode_runs_every_check_on_cpu(tmp_path):
     assert by["nofrost-resume"]["detail"].startswith("resumed at step 4: 6 steps")
     assert all(by[m]["img_s"] > 0 and "fp16" in by[m]["detail"] for m in ("st", "mbnat"))
     assert all(f"{k} " in by["evaluate"]["detail"] for k in ("clean", "pgd", "apgd-ce", "aa"))
+    auto = auto_precision(torch.device("cpu"))[0]  # bf16 on a CPU with native bf16
+    assert by["imagenet"]["detail"].startswith("nf_resnet50 nofrost at 16 px, batch 16 (16 per forward x 1 "
+                                               f"accumulated), backend torch: 1 steps, {auto}, compile "), by["imagenet"]
     tail = proc.stdout.strip().splitlines()
     verdict = tail.index("== verdict")
     assert [line.split()[0] for line in tail[verdict + 2:verdict + 2 + len(names)]] == names
