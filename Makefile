@@ -3,6 +3,8 @@
 #   make test     create .venv, install torch + the package (+ dev extras), build the kernels, run the tests
 #   make test-hosts  the tests under every ATen dispatch level x oneDNN ISA cap x 1/2 threads, as
 #                 other hosts round (over an hour on 2 cores; not in CI; ARGS="--jobs 2" etc.)
+#   make test-compat the tests under the GPU image's torch 2.11 / torchvision 0.26 / Triton 3.6, in
+#                 .compat/ (tests/compat.sh; not in CI: its time is in the README, Tests)
 #   make install  only the set-up
 #   make bench    CPU kernel benchmark (prints a table, writes JSON under benchmarks/results/)
 PYTHON ?= python3
@@ -12,7 +14,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.fastnofrost-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-hosts test-gpu bench train clean
+.PHONY: install test test-hosts test-compat test-gpu bench train clean
 
 $(STAMP): setup.py pyproject.toml CMakeLists.txt constraints.txt $(wildcard kernels/cpu/*)
 	# Fashion-MNIST ships as a Debian package (real data for CPU-scale runs and tests).
@@ -38,6 +40,9 @@ test: $(STAMP)
 
 test-hosts: $(STAMP)
 	$(PY) tests/hosts.py $(ARGS)
+
+test-compat:
+	PYTHON=$(PYTHON) bash tests/compat.sh $(ARGS)
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu tests

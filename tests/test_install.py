@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,9 +22,15 @@ def test_wheel_install_in_fresh_venv(tmp_path):
     def pip(*args):
         subprocess.run([py, "-m", "pip", "install", "-q", *args], check=True, env=env, timeout=1200)
 
-    torch_version = torch.__version__.split("+")[0]
-    pip("-c", str(ROOT / "constraints.txt"), f"torch=={torch_version}", "setuptools", "wheel", "cmake", "ninja")
-    pip("-c", str(ROOT / "constraints.txt"), "--no-build-isolation", "--no-deps", str(ROOT))
+    # constraints.txt's pins, with torch and torchvision as this environment runs them (the
+    # compatibility lane runs another torch than the pins)
+    running = {"torch": torch.__version__.split("+")[0], "torchvision": torchvision.__version__.split("+")[0]}
+    pins = [line for line in (ROOT / "constraints.txt").read_text().splitlines()
+            if line.split("==")[0].strip() not in running]
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("\n".join(pins + [f"{name}=={version}" for name, version in running.items()]) + "\n")
+    pip("-c", str(constraints), f"torch=={running['torch']}", "setuptools", "wheel", "cmake", "ninja")
+    pip("-c", str(constraints), "--no-build-isolation", "--no-deps", str(ROOT))
     code = (
         "import torch, fastnofrost, pathlib\n"
         "assert 'site-packages' in fastnofrost.__file__, fastnofrost.__file__\n"
