@@ -121,7 +121,7 @@ class Trainer:
         cfg = self.cfg
         common = dict(backend=backend, image_size=cfg.image_size, rank=self.rank, world_size=self.world,
                       seed=cfg.seed, channels_last=channels_last, device=self.device, workers=cfg.workers,
-                      batch_size=micro_batch(cfg, self.world))
+                      batch_size=micro_batch(cfg, self.world), index_dir=os.path.join(cfg.run_dir, "data-index"))
         train = build_loader(cfg.data, train=True, subset=cfg.train_examples, nofrost_star=self.method.needs_views,
                              **common)
         val = build_loader(cfg.data, train=False, subset=cfg.val_split_examples, **common) if cfg.val_every else None

@@ -114,6 +114,8 @@ def test_dry_mode_runs_every_check_on_cpu(tmp_path):
                                        "is CUDA-only)"
     assert "bf16" in by["nofrost"]["detail"] and "val clean" in by["nofrost"]["detail"]
     assert by["nofrost-resume"]["detail"].startswith("resumed at step 4: 6 steps")
+    index = sorted(os.listdir(tmp_path / "work" / "runs" / "nofrost" / "data-index"))  # the folder's scans, kept
+    assert [name.split("-")[:2] for name in index] == [["train", "all"], ["val", "all"]], index
     assert all(by[m]["img_s"] > 0 and "fp16" in by[m]["detail"] for m in ("st", "mbnat"))
     assert all(f"{k} " in by["evaluate"]["detail"] for k in ("clean", "pgd", "apgd-ce", "aa"))
     auto = auto_precision(torch.device("cpu"))[0]  # bf16 on a CPU with native bf16

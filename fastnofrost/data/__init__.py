@@ -28,6 +28,10 @@ Sharding (rank, world_size: the trainer passes DeepSpeed's): each rank reads a d
 training drops the last partial batch so every rank runs the same number of equal batches,
 validation keeps every sample once (last batch may be partial, nothing padded).
 
+Start-up (index.py): a folder is listed by rank 0 and its files checked once, each rank a share;
+with ``index_dir`` (train.py: ``<run>/data-index``) the result is kept and a later launch (a
+resume) reuses it while the folders are unchanged.
+
 Bad files (see scan.py): every file is checked before training (``verify="header"``, or
 ``"decode"`` for a full decode); with ``skip_bad=True`` (the default for training) bad files, files
 that fail to decode later, and empty class folders are left out, logged by name and counted in
@@ -44,7 +48,8 @@ import logging
 import os
 
 from .augment import texture_debiased_transform, train_transform, val_transform
-from .scan import BadDataError, scan_folder
+from .index import shared_scan
+from .scan import BadDataError
 from .shard import Sharding
 
 log = logging.getLogger("fastnofrost.data")
@@ -58,13 +63,15 @@ __all__ = ["BACKENDS", "DATASETS", "BadDataError", "build_loader"]
 def build_loader(data=None, *, backend="torch", batch_size=256, image_size=224, train=True, rank=0, world_size=1,
                  seed=0, channels_last=False, device="cpu", nofrost_star=False, skip_bad=None, verify="header",
                  workers=4, colour_strength=1.0, val_fraction=0.2, split_seed=0, synthetic_batches=100,
-                 num_classes=1000, subset=0, sharding=None):
+                 num_classes=1000, subset=0, sharding=None, index_dir=None):
     """Build the loader for one split on one rank (see the module docstring).
     ``skip_bad=None`` means skip-and-count for training, raise for validation. ``subset=N``
     keeps N samples of the split, drawn by a permutation seeded with ``split_seed`` (0: all).
     ``sharding``: a function of the split's sample count returning the :class:`Sharding` to
     read with, in place of ``Sharding(count, batch_size, train, rank, world_size, seed)``
-    (the evaluation reads a spread subset first: ``fastnofrost.evaluation.data``)."""
+    (the evaluation reads a spread subset first: ``fastnofrost.evaluation.data``). A folder is
+    scanned once for all ranks of the process group (every rank must call this), its index kept
+    in ``index_dir`` for the next launch when given (index.py)."""
     if subset < 0:
         raise ValueError(f"subset must be >= 0, got {subset}")
     if sharding is not None and backend == "synthetic":
@@ -91,7 +98,8 @@ def build_loader(data=None, *, backend="torch", batch_size=256, image_size=224, 
     if data in DATASETS:
         return _tensor_loader(data, backend, train, val_fraction, split_seed, debiased, subset, sharding,
                               image_size=image_size, **common)
-    scan = _scan(str(data), train, verify, skip_bad, workers, val_fraction, split_seed)
+    scan = _scan(str(data), train, val_fraction, split_seed, verify=verify, skip_bad=skip_bad,
+                 workers=max(4, workers), rank=rank, world=world_size, index_dir=index_dir)
     if subset:
         scan.samples = [scan.samples[i] for i in sorted(_pick(len(scan.samples), subset, split_seed))]
     sharding = sharding(len(scan.samples))
@@ -107,17 +115,16 @@ def build_loader(data=None, *, backend="torch", batch_size=256, image_size=224, 
                       strength=colour_strength, num_threads=max(1, workers), skip_bad=skip_bad, **common)
 
 
-def _scan(data, train, verify, skip_bad, workers, val_fraction, split_seed):
+def _scan(data, train, val_fraction, split_seed, **kw):
     """``data/train`` + ``data/val`` when present; a folder named train or val is used whole;
     any other folder of classes is split by a seeded hash of each file's path."""
-    kw = dict(verify=verify, skip_bad=skip_bad, workers=max(4, workers))
     if os.path.isdir(os.path.join(data, "train")) and os.path.isdir(os.path.join(data, "val")):
-        return scan_folder(os.path.join(data, "train" if train else "val"), **kw)
+        return shared_scan(os.path.join(data, "train" if train else "val"), **kw)
     if os.path.basename(os.path.normpath(data)) in ("train", "val"):
-        return scan_folder(data, **kw)
+        return shared_scan(data, **kw)
     log.info("%s has no train/ and val/: splitting its files %g/%g by path (split_seed=%d)",
              data, 1 - val_fraction, val_fraction, split_seed)
-    return scan_folder(data, split="train" if train else "val", val_fraction=val_fraction, split_seed=split_seed, **kw)
+    return shared_scan(data, split="train" if train else "val", val_fraction=val_fraction, split_seed=split_seed, **kw)
 
 
 def _pick(n, subset, split_seed):
