@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 
 from ..data.augment import to_float, val_transform
 from ..data.folder import FolderLoader
-from ..data.scan import scan_folder
+from ..data.index import shared_scan
 from ..attacks.base import predict
 from .data import Examples, spread_sharding
 from .. import distributed
@@ -166,7 +166,7 @@ def _transform(split: Split, image_size: int):
 def _accuracy(model, split: Split, *, image_size, batch_size, n_examples, workers, device, precision, progress):
     """(correct, n) of this rank on one split."""
     rank, world = distributed.rank(), distributed.world_size()
-    scan = scan_folder(split.root, skip_bad=False, workers=max(4, workers))
+    scan = shared_scan(split.root, rank=rank, world=world, skip_bad=False, workers=max(4, workers))  # once, all ranks
     sharding = spread_sharding(len(scan.samples), n_examples, batch_size, rank, world)
     loader = FolderLoader(scan, sharding, [_transform(split, image_size)], workers=workers, skip_bad=False,
                           device=device)
