@@ -22,9 +22,10 @@ PINS=(torch==2.11.0 torchvision==0.26.0 triton==3.6.0 "numpy<2.4")
 START=$SECONDS
 
 mkdir -p "$DIR"
-CONSTRAINTS=$(realpath "$DIR")/constraints.txt
+ABS=$(cd "$DIR" && pwd)  # not realpath: that would follow the venv's python link out of the venv
+CONSTRAINTS=$ABS/constraints.txt
 printf '%s\n' "${PINS[@]}" > "$CONSTRAINTS"
-VPY=$(realpath -m "$DIR/venv/bin/python")
+VPY=$ABS/venv/bin/python
 if [ ! -f "$DIR/venv/.pins" ] || [ "$(cat "$DIR/venv/.pins")" != "${PINS[*]}" ]; then
   rm -rf "$DIR/venv"
   echo "== compat: a venv with ${PINS[*]} (the first time downloads torch's CUDA build, about 4 GB)"
