@@ -4,7 +4,7 @@
 #   make test-hosts  the tests under every ATen dispatch level x oneDNN ISA cap x 1/2 threads, as
 #                 other hosts round (over an hour on 2 cores; not in CI; ARGS="--jobs 2" etc.)
 #   make test-compat the tests under the GPU image's torch 2.11 / torchvision 0.26 / Triton 3.6, in
-#                 .compat/ (tests/compat.sh; not in CI: its time is in the README, Tests)
+#                 .compat/ (tests/compat.sh; not in CI: its time is in docs/testing.md)
 #   make install  only the set-up
 #   make bench    CPU kernel benchmark (prints a table, writes JSON under benchmarks/results/)
 PYTHON ?= python3

@@ -13,7 +13,7 @@ its normalization as its first layer):
 
 Writes ``report.json`` and ``report.md`` and prints the table (laid out as the paper's Tables
 1-2); warns when PGD's robust accuracy exceeds AutoAttack's by more than 5 points (gradient
-masking). See the README section "Evaluation" for every option.
+masking). See docs/evaluation.md for every option.
 """
 import argparse
 import os

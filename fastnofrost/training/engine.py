@@ -21,7 +21,7 @@ log = logging.getLogger("fastnofrost.train")
 # step (12 while the attack's K forwards still ran the engine's forward hooks).
 NO_SYNC = {"wall_clock_breakdown": False, "timers": {"throughput": {"enabled": False}}}
 
-# --compile auto on CPU. Measured with `make train` (README, "Compile"): compiling costs more
+# --compile auto on CPU. Measured with `make train` (docs/training.md, "Compile"): compiling costs more
 # than it saves in a CPU-sized run.
 CPU_AUTO_COMPILE = "none"
 
