@@ -37,8 +37,15 @@ RECIPES = {"paper": {}, "official-script": dict(steps=7, val_steps=5, lr_schedul
 LR_SCHEDULES = ("step", "epoch")
 
 
+_SECTION = ["recipe"]  # the section the next fields belong to (train.py --help groups them so)
+
+
+def _section(name: str) -> None:
+    _SECTION[0] = name
+
+
 def _f(default, help, flag=None, **kw):
-    return field(default=default, metadata=dict(help=help, flag=flag, **kw))
+    return field(default=default, metadata=dict(help=help, flag=flag, section=_SECTION[0], **kw))
 
 
 @dataclass
@@ -47,13 +54,13 @@ class TrainConfig:
                               "(PGDAT.py's own defaults: " + ", ".join(f"{k}={v}" for k, v in
                                                                        RECIPES["official-script"].items())
                      + "); other flags override the preset")
-    # model
+    _section("model")
     model: str = _f("nf_resnet50", "model name (fastnofrost.models.list_models())")
     width: float = _f(1.0, "channel width multiplier")
     image_size: int = _f(224, "training and validation image size")
     drop: float = _f(0.25, "dropout before the classifier")
     drop_path: float = _f(0.1, "stochastic depth rate")
-    # method
+    _section("method")
     method: str = _f("nofrost", "training objective: " + ", ".join(METHODS))
     eps: float = _f(8.0, "PGD radius in 1/255 units")
     steps: int = _f(10, "PGD steps of the training attack")
@@ -64,7 +71,7 @@ class TrainConfig:
     mbnat_gamma: float = _f(0.5, "MBNAT: BN mixing gamma used for validation (0 clean branch, 1 adv branch)")
     deepaugment_edsr: Optional[str] = _f(None, "NoFrost*: EDSR weights for DeepAugment")
     deepaugment_cae: Optional[str] = _f(None, "NoFrost*: CAE weights for DeepAugment")
-    # optimization
+    _section("optimization")
     epochs: int = _f(90, "training epochs")
     batch_size: int = _f(256, "global batch size (all ranks, per optimizer step)")
     lr: Optional[float] = _f(None, "peak learning rate (default 0.1 x batch_size / 256)")
@@ -88,7 +95,7 @@ class TrainConfig:
                               "backward before the next view's forward: about half the activation memory, same math)")
     ws: str = _f("grouped", "grouped (every weight standardization of an NF model in one op, once per micro-batch) "
                             "or per-layer (one op per layer and use: the reference path)")
-    # data
+    _section("data")
     data: Optional[str] = _f(None, "ImageNet-layout folder, or digits / fashion-mnist (none: the digits demo)")
     data_backend: str = _f("auto", "auto (dali-gpu for a folder on CUDA when DALI imports, else torch), dali-gpu, dali-cpu, torch, synthetic")
     train_examples: int = _f(0, "train on this many examples of the training split, seeded pick (0: all)")
@@ -98,7 +105,7 @@ class TrainConfig:
     val_every: int = _f(1, "validate every N epochs (0: never)")
     val_examples: int = _f(1000, "examples of the PGD validation (0: the whole validation set)")
     val_steps: int = _f(10, "PGD steps of the validation attack")
-    # run
+    _section("run")
     out: Optional[str] = _f(None, "output folder (default runs/<method>-<model>)")
     resume: bool = _f(False, "continue from the latest checkpoint in --out")
     keep_last: int = _f(2, "checkpoints kept (plus best clean and best robust weights)")
@@ -251,9 +258,15 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastnofrost/train.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="YAML file of fields (flag names with - or _)")
+    groups = {}
     for f in fields(TrainConfig):
-        p.add_argument(_flag(f), dest=f.name, type=_type_of(f), default=argparse.SUPPRESS,
-                       metavar=f.name.upper(), help=f"{f.metadata['help']} (default {f.default!r})")
+        section = f.metadata["section"]
+        group = groups.get(section) or groups.setdefault(section, p.add_argument_group(section))
+        kind = _type_of(f)
+        switch = dict(nargs="?", const=True, metavar="true|false") if kind is _parse_bool else dict(
+            metavar=f.name.upper())  # a switch: --flag alone means true
+        group.add_argument(_flag(f), dest=f.name, type=kind, default=argparse.SUPPRESS,
+                           help=f"{f.metadata['help']} (default {f.default!r})", **switch)
     # DeepSpeed's launcher passes --local_rank / --local-rank; it is read from the environment.
     p.add_argument("--local_rank", "--local-rank", dest="_local_rank", type=int, help=argparse.SUPPRESS)
     for name in RETIRED:

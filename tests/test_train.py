@@ -483,6 +483,24 @@ def test_decay_all_puts_every_parameter_under_weight_decay():
     assert len(decay["params"]) == len(params) and decay["weight_decay"] == 1e-3 and not no_decay["params"]
 
 
+def test_help_groups_flags_by_section_and_switches_take_a_value_or_none():
+    """--help follows config.py's sections, each field in its own; a boolean works as a bare
+    switch (true) or with true/false."""
+    from fastnofrost.config import parser
+
+    groups = {g.title: [a.dest for a in g._group_actions] for g in parser()._action_groups}
+    for f in dataclasses.fields(TrainConfig):
+        assert f.name in groups[f.metadata["section"]], f.name
+    assert groups["model"][:2] == ["model", "width"] and "resume" in groups["run"] and "data" in groups["data"]
+    assert ["recipe", "model", "method", "optimization", "data", "run"] == [t for t in groups if t in (
+        "recipe", "model", "method", "optimization", "data", "run")]
+    c = load_config(["--resume", "--epochs", "3", "--progress", "false", "--tensorboard"])
+    assert (c.resume, c.epochs, c.progress, c.tensorboard) == (True, 3, False, True)
+    assert load_config(["--resume", "false"]).resume is False
+    with pytest.raises(SystemExit):
+        load_config(["--resume", "maybe"])
+
+
 def test_yaml_config_and_precedence(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("method: trades\nlambda: 0.25\nbatch-size: 128\nbeta: 3\n")
