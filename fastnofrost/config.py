@@ -1,8 +1,9 @@
 """The training run's configuration: one dataclass, validated before any work starts.
 
-Defaults reproduce the official NoFrost recipe (timm NF-ResNet-50, PGD eps 8/255 x 10 steps,
+Defaults are the NoFrost paper's recipe (timm NF-ResNet-50, PGD eps 8/255 x 10 steps,
 lambda 0.5, SGD nesterov momentum 0.9, lr 0.1 x batch/256, wd 5e-5, cosine, label smoothing
-0.1, dropout 0.25, drop-path 0.1, 90 epochs). With no ``--data`` the run is the embedded
+0.1, dropout 0.25, drop-path 0.1, 90 epochs; how it differs from PGDAT.py: docs/training.md,
+Recipe, and ``--recipe official-script``). With no ``--data`` the run is the embedded
 demo (:data:`DEMO`): NoFrost on a small NF-ResNet on scikit-learn's digits, a few minutes on
 a 2-core CPU. Precedence: defaults < demo preset < ``--config`` YAML < command-line flags.
 
