@@ -214,10 +214,8 @@ def train_parser() -> argparse.ArgumentParser:
     return parser()
 
 
-def evaluate_parser() -> argparse.ArgumentParser:
-    """The parser evaluate.parse_args builds, caught at its parse_args call: nothing runs."""
-    import fastnofrost.evaluate as evaluate
-
+def parser_built_by(parse_args) -> argparse.ArgumentParser:
+    """The parser that ``parse_args([])`` builds, caught at its parse_args call: nothing runs."""
     class Built(Exception):
         pass
 
@@ -226,8 +224,14 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
     with mock.patch.object(argparse.ArgumentParser, "parse_args", catch):
         with pytest.raises(Built) as built:
-            evaluate.parse_args([])
+            parse_args([])
     return built.value.args[0]
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    import fastnofrost.evaluate as evaluate
+
+    return parser_built_by(evaluate.parse_args)
 
 
 @pytest.fixture(scope="module")
@@ -309,15 +313,5 @@ def test_program_docs_name_only_its_flags(name, program, options):
 
 def test_launcher_flags_are_deepspeeds():
     runner = pytest.importorskip("deepspeed.launcher.runner")
-
-    class Built(Exception):
-        pass
-
-    def catch(self, *args, **kwargs):
-        raise Built(self)
-
-    with mock.patch.object(argparse.ArgumentParser, "parse_args", catch):
-        with pytest.raises(Built) as built:
-            runner.parse_args([])
-    current, _ = _options(built.value.args[0])
+    current, _ = _options(parser_built_by(runner.parse_args))
     assert DEEPSPEED_FLAGS - current == set()
