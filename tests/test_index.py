@@ -105,6 +105,18 @@ def test_other_checks_or_splits_do_not_share_an_index(bad_copy, tmp_path, monkey
     assert len(os.listdir(index_dir)) == 3
 
 
+def test_a_root_reached_through_a_link_keeps_its_paths_when_reused(bad_copy, tmp_path, monkeypatch):
+    link = tmp_path / "linked"
+    link.symlink_to(bad_copy)
+    index_dir = str(tmp_path / "index")
+    first = shared_scan(str(link), index_dir=index_dir)
+    paths = opened(monkeypatch)
+    again = shared_scan(str(link), index_dir=index_dir)
+    assert paths == []
+    same(again, first)
+    assert all(p.startswith(str(link)) for p, _ in again.samples)
+
+
 def test_an_unreadable_index_is_ignored_with_a_warning(bad_copy, tmp_path, caplog):
     index_dir = str(tmp_path / "index")
     first = shared_scan(bad_copy, index_dir=index_dir)

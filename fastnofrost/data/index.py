@@ -45,9 +45,10 @@ def index_path(index_dir, key) -> str:
     return os.path.join(index_dir, f"{name}-{key['split'] or 'all'}-{digest}.json.gz")
 
 
-def load_index(path, key):
+def load_index(path, key, root):
     """The saved (listing, reasons) when ``path`` holds an index of ``key`` whose folders are
-    unchanged, else None (and why, logged)."""
+    unchanged, else None (and why, logged); paths under ``root`` as the caller names it (as a
+    fresh scan gives them, also when ``key``'s real path differs: a link)."""
     if not os.path.isfile(path):
         return None
     try:
@@ -58,7 +59,6 @@ def load_index(path, key):
         return None
     if saved.get("key") != key:
         return None
-    root = key["root"]
     for rel, mtime in saved["dirs"].items():
         folder = os.path.normpath(os.path.join(root, rel))
         try:
@@ -111,7 +111,7 @@ def shared_scan(root, *, rank=0, world=1, index_dir=None, verify="header", skip_
     t0 = time.perf_counter()
     message = [None]
     if rank == 0:
-        saved = load_index(path, key) if path else None
+        saved = load_index(path, key, root) if path else None
         try:
             message = [("saved", *saved) if saved else
                        ("listed", list_folder(root, split=split, val_fraction=val_fraction, split_seed=split_seed))]
