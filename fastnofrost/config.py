@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
-from .attacks.base import COMPILE_LEVELS, PRECISIONS as ATTACK_PRECISIONS
+from .attacks.base import COMPILE_LEVELS, PRECISIONS as ATTACK_PRECISIONS, default_alpha
 from .data import BACKENDS as DATA_BACKENDS, DATASETS
 from .methods import METHODS
 from .methods.base import dual_bn_problem
@@ -32,10 +32,36 @@ RETIRED = {"compile_attack": "--compile-attack was replaced by --compile none|at
 
 
 # --recipe presets: the fields each sets, under the flags and the config file. official-script:
-# PGDAT.py's argparse defaults (7 attack steps, 5 validation steps), its CosineAnnealingLR stepped
-# per epoch and its SGD over model.parameters() (weight decay on every parameter)
-RECIPES = {"paper": {}, "official-script": dict(steps=7, val_steps=5, lr_schedule="epoch", decay_all=True)}
+# PGDAT.py's argparse defaults (7 attack steps, 5 validation steps), its validation attack at the
+# training attack's step size, its CosineAnnealingLR stepped per epoch and its SGD over
+# model.parameters() (weight decay on every parameter)
+RECIPES = {"paper": {}, "official-script": dict(steps=7, val_steps=5, val_alpha="train", lr_schedule="epoch",
+                                                decay_all=True)}
 LR_SCHEDULES = ("step", "epoch")
+VAL_ALPHAS = ("auto", "train")
+
+
+def _parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parse_resume(text: str) -> str:
+    """--resume: 'true', 'false' (any spelling _parse_bool takes) or 'auto'."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return str(_parse_bool(text)).lower()
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected true, false or auto, got {text!r}") from None
+
+
+# a flag given alone means this value (--resume alone: true)
+SWITCHES = {_parse_bool: (True, "true|false"), _parse_resume: ("true", "true|false|auto")}
 
 
 _SECTION = ["recipe"]  # the section the next fields belong to (train.py --help groups them so)
@@ -106,9 +132,13 @@ class TrainConfig:
     val_every: int = _f(1, "validate every N epochs (0: never)")
     val_examples: int = _f(1000, "examples of the PGD validation (0: the whole validation set)")
     val_steps: int = _f(10, "PGD steps of the validation attack")
+    val_alpha: str = _f("auto", "step of the validation attack: auto (min(1.25 eps, eps + 4) / val-steps) or train "
+                                "(the training attack's step, as PGDAT.py)")
     _section("run")
     out: Optional[str] = _f(None, "output folder (default runs/<method>-<model>)")
-    resume: bool = _f(False, "continue from the latest checkpoint in --out")
+    resume: str = _f("false", "true (continue from the latest checkpoint in --out), auto (continue when --out holds "
+                              "one, else start the run) or false (start the run; --out must not hold one)",
+                     parse=_parse_resume)
     keep_last: int = _f(2, "checkpoints kept (plus best clean and best robust weights)")
     save_every: int = _f(0, "also checkpoint every N steps (0: at the end of each epoch only)")
     seed: int = _f(0, "seed of the run (data order, augmentations, attacks, initialization)")
@@ -128,6 +158,13 @@ class TrainConfig:
         return None if self.alpha is None else self.alpha / 255
 
     @property
+    def val_alpha_pixels(self) -> Optional[float]:
+        """The validation attack's step: None (PGD's default for val_steps) or the training attack's."""
+        if self.val_alpha != "train":
+            return None
+        return self.alpha_pixels if self.alpha is not None else default_alpha(self.eps_pixels, self.steps)
+
+    @property
     def peak_lr(self) -> float:
         return self.lr if self.lr is not None else 0.1 * self.batch_size / 256
 
@@ -143,6 +180,46 @@ class TrainConfig:
 # upsampled) with a small-input NF-ResNet-26, a few minutes on a 2-core CPU.
 DEMO = dict(data="digits", model="nf_resnet26_small", width=0.25, image_size=16, epochs=8, batch_size=64,
             lr=0.05, warmup_epochs=1.0, drop=0.0, drop_path=0.0, wd=5e-4, val_examples=0, workers=0)
+
+
+RESUME = ("false", "true", "auto")
+# Fields a resume may change. They change neither the data order, the schedule, the model nor
+# what a validation measures (best_clean / best_robust compare validations): where outputs go,
+# logging, checkpointing, when to stop and to validate, and how the same math is computed.
+# Every other field must equal the saved run's, as must the world size, and the precision and
+# data backend as the run resolved them ('auto' resolving the same way is no change).
+RESUME_SAFE = ("out", "resume", "keep_last", "save_every", "max_steps", "log_every", "progress", "tensorboard",
+               "val_every", "workers", "device", "compile", "views", "ws", "channels_last")
+RESOLVED = {"precision": "precision_resolved", "data_backend": "data_backend_resolved"}
+
+
+def run_record(c: "TrainConfig", precision: str, data_backend: str, world_size: int) -> dict:
+    """What a run's config.json holds: its fields, the resolved precision and data backend, and
+    the world size."""
+    return {**c.to_dict(), RESOLVED["precision"]: precision, RESOLVED["data_backend"]: data_backend,
+            "world_size": world_size}
+
+
+def resume_changes(saved: dict, now: dict) -> List[str]:
+    """'--flag saved -> now' for each entry of the run record ``now`` that differs from the saved
+    record and that a resume may not change; an entry the saved record lacks (a run of an older
+    version) counts at its default."""
+    by_name = {f.name: f for f in fields(TrainConfig)}
+    changes = []
+    for key, value in now.items():
+        if key in RESUME_SAFE or key in RESOLVED:
+            continue
+        old = saved.get(key, by_name[key].default if key in by_name else None)
+        if old != value:
+            changes.append(f"{_record_name(key, by_name)} {old} -> {value}")
+    return changes
+
+
+def _record_name(key: str, by_name: dict) -> str:
+    if key in by_name:
+        return _flag(by_name[key])
+    resolved = {entry: name for name, entry in RESOLVED.items()}
+    return f"{_flag(by_name[resolved[key]])} (as resolved)" if key in resolved else key.replace("_", " ")
 
 
 class ConfigError(ValueError):
@@ -205,8 +282,10 @@ def _problems(c: TrainConfig, world_size: int) -> List[str]:
          f"--data {c.data} is an in-memory data set: use --data-backend torch")
     need(c.workers >= 0, f"--workers must be >= 0, got {c.workers}")
     need(c.train_examples >= 0 and c.val_split_examples >= 0, "--train-examples and --val-split-examples must be >= 0")
+    need(c.val_alpha in VAL_ALPHAS, f"--val-alpha must be one of {', '.join(VAL_ALPHAS)}, got {c.val_alpha!r}")
     need(c.val_every >= 0 and c.val_examples >= 0 and c.val_steps >= 1,
          "--val-every and --val-examples must be >= 0 and --val-steps >= 1")
+    need(c.resume in RESUME, f"--resume must be one of {', '.join(RESUME)}, got {c.resume!r}")
     need(c.keep_last >= 1, f"--keep-last must be >= 1, got {c.keep_last}")
     need(c.save_every >= 0 and c.max_steps >= 0 and c.log_every >= 1,
          "--save-every and --max-steps must be >= 0 and --log-every >= 1")
@@ -235,16 +314,9 @@ def _flag(f) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def _parse_bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def _type_of(f):
+    if "parse" in f.metadata:
+        return f.metadata["parse"]
     kind = f.type.__name__ if isinstance(f.type, type) else str(f.type)
     if "bool" in kind:
         return _parse_bool
@@ -264,10 +336,10 @@ def parser() -> argparse.ArgumentParser:
         section = f.metadata["section"]
         group = groups.get(section) or groups.setdefault(section, p.add_argument_group(section))
         kind = _type_of(f)
-        switch = dict(nargs="?", const=True, metavar="true|false") if kind is _parse_bool else dict(
-            metavar=f.name.upper())  # a switch: --flag alone means true
+        const, metavar = SWITCHES.get(kind, (None, f.name.upper()))
+        switch = dict(nargs="?", const=const) if kind in SWITCHES else {}  # a switch: --flag alone means const
         group.add_argument(_flag(f), dest=f.name, type=kind, default=argparse.SUPPRESS,
-                           help=f"{f.metadata['help']} (default {f.default!r})", **switch)
+                           metavar=metavar, help=f"{f.metadata['help']} (default {f.default!r})", **switch)
     # DeepSpeed's launcher passes --local_rank / --local-rank; it is read from the environment.
     p.add_argument("--local_rank", "--local-rank", dest="_local_rank", type=int, help=argparse.SUPPRESS)
     for name in RETIRED:
@@ -303,8 +375,17 @@ def _from_yaml(path: str) -> dict:
     return out
 
 
-def load_config(argv=None, world_size: int = 1) -> TrainConfig:
-    """Parse flags (and ``--config``), apply the demo preset when there is no data, validate."""
+def demo_notice(preset: dict) -> str:
+    """The sentence a demo run starts with: the fields the preset set (those not given)."""
+    fields_set = ", ".join(f"{_flag(f)[2:]}={preset[f.name]}" for f in fields(TrainConfig) if f.name in preset)
+    return (f"no --data: this is the embedded demo on scikit-learn's digits (minutes on a CPU); its preset set "
+            f"{fields_set or 'nothing (every field was given)'}; for a real run pass --data (an ImageNet-layout "
+            "folder, or fashion-mnist) and see docs/training.md")
+
+
+def load_config(argv=None, world_size: int = 1, notices: Optional[list] = None) -> TrainConfig:
+    """Parse flags (and ``--config``), apply the demo preset when there is no data, validate.
+    ``notices``: a list that gets the sentences the run should print first (the demo's)."""
     args = vars(parser().parse_args(argv))
     args.pop("_local_rank", None)
     for name in RETIRED:
@@ -316,6 +397,8 @@ def load_config(argv=None, world_size: int = 1) -> TrainConfig:
     values = dict(DEMO) if demo else {}
     values.update(RECIPES.get(given.get("recipe", "paper"), {}))  # an unknown recipe: validate() says so
     values.update(given)
+    if demo and notices is not None:
+        notices.append(demo_notice({k: v for k, v in DEMO.items() if k not in given}))
     try:
         config = TrainConfig(**values)
     except TypeError as exc:

@@ -30,14 +30,14 @@ import torch
 from fastnofrost.attacks import PGD, PRECISIONS
 from fastnofrost.attacks.base import attack_compile_step
 from fastnofrost.attacks.step import compiled_wrappers
-from fastnofrost.config import ConfigError, TrainConfig, load_config
+from fastnofrost.config import ConfigError, TrainConfig, load_config, resume_changes, run_record
 from fastnofrost.data import build_loader
 from fastnofrost.methods import build_method
 from fastnofrost.models import create_model
 from fastnofrost.nn import group_weights
 from fastnofrost import distributed
 from fastnofrost.device import prepare
-from fastnofrost.training.checkpoint import Checkpoints, save_weights
+from fastnofrost.training.checkpoint import LATEST, Checkpoints, save_weights
 from fastnofrost.training.engine import build_optimizer, deepspeed_config, micro_batch, param_groups, resolve
 from fastnofrost.training.finite import LossWatch, TrainingError, check_weights
 from fastnofrost.training.host import keep_large_buffers
@@ -75,13 +75,16 @@ class Trainer:
     is checked before anything is written, the signal handlers come before the loaders fork,
     and the two seeds (one model initialisation for every rank, then per-rank randomness)."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device):
+    def __init__(self, cfg: TrainConfig, device: torch.device, notices=()):
         self.cfg, self.device = cfg, device
         self.rank, self.world = distributed.rank(), distributed.world_size()
         resolved = resolve(cfg, device)
         self.precision, self.compile_level, self.backend = resolved.precision, resolved.compile, resolved.backend
-        self._check_run_dir()
+        self.record = run_record(cfg, self.precision, self.backend, self.world)  # config.json
+        self.resuming = self._check_run_dir()
         self.log = RunLog(cfg.run_dir, self.rank == 0, cfg.tensorboard, cfg.progress)
+        for notice in notices:  # the demo preset's sentence: the run's first line
+            self.log.info(notice)
         self.log.info(f"precision {self.precision} ({resolved.why})")
         if resolved.backend_why:
             self.log.info(resolved.backend_why)
@@ -103,11 +106,35 @@ class Trainer:
         self.images = 0
 
     # ------------------------------------------------------------------ builders
-    def _check_run_dir(self) -> None:
+    def _check_run_dir(self) -> bool:
+        """Whether this run continues the one in --out (--resume auto: when it holds a
+        checkpoint). Refused before anything is written: a new run into a folder that holds one,
+        --resume true without a checkpoint, and a resume that changes a field the saved run's
+        data order, schedule or model depend on (config.RESUME_SAFE lists the others)."""
         cfg = self.cfg
-        if not cfg.resume and os.path.exists(os.path.join(cfg.run_dir, "checkpoints")):
-            raise ConfigError(f"{cfg.run_dir} already holds a run: pass --resume to continue it, or a new --out")
+        checkpoints = os.path.join(cfg.run_dir, "checkpoints")
+        held = os.path.isfile(os.path.join(checkpoints, LATEST))
+        resume = cfg.resume == "true" or (cfg.resume == "auto" and held)
+        if cfg.resume == "false" and os.path.exists(checkpoints):
+            raise ConfigError(f"{cfg.run_dir} already holds a run: pass --resume true (or auto) to continue it, "
+                              "or a new --out")
+        if resume and not held:
+            raise ConfigError(f"--resume true: {checkpoints} holds no checkpoint (no {LATEST} file); "
+                              "--resume auto starts the run when there is none")
+        if resume:
+            path = os.path.join(cfg.run_dir, "config.json")
+            try:
+                with open(path) as fh:
+                    saved = json.load(fh)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"--resume: cannot read the saved settings {path} ({exc})") from None
+            changed = resume_changes(saved, self.record)
+            if changed:
+                raise ConfigError(f"--resume: {cfg.run_dir} was started with other values of fields its data order, "
+                                  f"schedule or model depend on ({'; '.join(changed)}): resume with the saved values "
+                                  f"({path}) or start a new run with another --out")
         distributed.barrier()  # every rank checked before rank 0 creates the folder
+        return resume
 
     def _build_method(self):
         cfg = self.cfg
@@ -164,15 +191,13 @@ class Trainer:
     # ------------------------------------------------------------------ run
     def fit(self) -> dict:
         cfg = self.cfg
-        if cfg.resume:
+        if self.resuming:
             self.state = RunState.from_checkpoint(self.checkpoints.load(self.engine))
             self.log.info(f"resumed from step {self.engine.global_steps} (epoch {self.state.epoch + 1}, "
                           f"batch {self.state.batch})")
         elif self.rank == 0:
             with open(os.path.join(cfg.run_dir, "config.json"), "w") as fh:
-                json.dump({**cfg.to_dict(), "precision_resolved": self.precision,
-                           "data_backend_resolved": self.backend, "world_size": self.world}, fh,
-                          indent=1)
+                json.dump(self.record, fh, indent=1)
         self.log.info(f"{cfg.method} on {cfg.model} ({self._n_params() / 1e6:.2f}M parameters), {self.world} rank(s) "
                       f"on {self.device.type}, {self.precision}, {self.steps_per_epoch} steps/epoch, "
                       f"batch {cfg.batch_size}, lr {cfg.peak_lr:g}, eps {cfg.eps:g}/255 x {cfg.steps} steps, "
@@ -280,6 +305,7 @@ class Trainer:
         cfg = self.cfg
         t0 = time.time()
         result = validate(self.engine.module, self.val_loader, eps=cfg.eps_pixels, steps=cfg.val_steps,
+                          alpha=cfg.val_alpha_pixels,
                           examples=cfg.val_examples, precision=self.precision, device=self.device,
                           evaluation=self.method.evaluation,
                           compile_step=self.method.attack_settings.compile_step)
@@ -381,7 +407,8 @@ def main(argv=None) -> int:
     for noisy in ("DeepSpeed", "deepspeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        cfg = load_config(argv, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        notices = []
+        cfg = load_config(argv, world_size=int(os.environ.get("WORLD_SIZE", "1")), notices=notices)
         device = prepare(distributed.pick_device(cfg.device))
     except (ConfigError, RuntimeError) as exc:
         print(f"fastnofrost/train.py: {exc}", file=sys.stderr)
@@ -390,7 +417,7 @@ def main(argv=None) -> int:
     if device.type == "cpu":
         keep_large_buffers()  # activations reused across the K + 2 passes, not re-faulted each time
     try:
-        Trainer(cfg, device).fit()
+        Trainer(cfg, device, notices).fit()
     except (ConfigError, TrainingError, FileNotFoundError) as exc:
         print(f"fastnofrost/train.py: {exc}", file=sys.stderr)
         return 1

@@ -441,7 +441,7 @@ def test_official_script_recipe_sets_exactly_its_fields_and_the_flags_override_i
     official = load_config(["--data", "digits", "--recipe", "official-script"])
     changed = {f.name: (getattr(paper, f.name), getattr(official, f.name)) for f in dataclasses.fields(TrainConfig)
                if getattr(paper, f.name) != getattr(official, f.name)}
-    assert changed == {"recipe": ("paper", "official-script"), "steps": (10, 7), "val_steps": (10, 5),
+    assert changed == {"recipe": ("paper", "official-script"), "steps": (10, 7), "val_steps": (10, 5), "val_alpha": ("auto", "train"),
                        "lr_schedule": ("step", "epoch"), "decay_all": (False, True)}
     mixed = load_config(["--data", "digits", "--recipe", "official-script", "--steps", "3", "--lr-schedule", "step"])
     assert (mixed.steps, mixed.lr_schedule, mixed.val_steps, mixed.decay_all) == (3, "step", 5, True)
@@ -453,6 +453,27 @@ def test_official_script_recipe_sets_exactly_its_fields_and_the_flags_override_i
         load_config(["--recipe", "pgdat"])
     with pytest.raises(ConfigError, match="--lr-schedule must be one of step, epoch"):
         load_config(["--lr-schedule", "hourly"])
+
+
+def test_validation_attack_step_is_pgds_default_or_the_training_attacks(monkeypatch):
+    """--val-alpha auto: PGD's own default for --val-steps; train (official-script): the training
+    attack's step, as PGDAT.py's attacker_val; validate() hands it to the attack."""
+    import fastnofrost.training.validate as validation
+
+    step = lambda eps, steps: min(1.25 * eps, eps + 4) / steps / 255  # noqa: E731  (the recipe's, in pixels)
+    assert load_config(["--data", "digits"]).val_alpha_pixels is None
+    assert load_config(["--data", "digits", "--recipe", "official-script"]).val_alpha_pixels == pytest.approx(
+        step(8, 7))
+    assert load_config(["--data", "digits", "--val-alpha", "train", "--steps", "3", "--eps", "4"]).val_alpha_pixels \
+        == pytest.approx(step(4, 3))
+    assert load_config(["--data", "digits", "--val-alpha", "train", "--alpha", "2"]).val_alpha_pixels == 2 / 255
+    seen = []
+    real = validation.pgd
+    monkeypatch.setattr(validation, "pgd", lambda *a, **kw: seen.append(a[3:6]) or real(*a, **kw))
+    loader = build_loader("digits", train=False, batch_size=16, image_size=16)
+    validation.validate(tiny("nf_resnet26_small"), loader, eps=4 / 255, steps=2, examples=16, precision="fp32",
+                        device=torch.device("cpu"), alpha=1 / 255)
+    assert seen == [(4 / 255, 2, 1 / 255)]
 
 
 def test_per_epoch_cosine_is_torch_cosine_annealing_stepped_per_epoch():
@@ -495,10 +516,52 @@ def test_help_groups_flags_by_section_and_switches_take_a_value_or_none():
     assert ["recipe", "model", "method", "optimization", "data", "run"] == [t for t in groups if t in (
         "recipe", "model", "method", "optimization", "data", "run")]
     c = load_config(["--resume", "--epochs", "3", "--progress", "false", "--tensorboard"])
-    assert (c.resume, c.epochs, c.progress, c.tensorboard) == (True, 3, False, True)
-    assert load_config(["--resume", "false"]).resume is False
+    assert (c.resume, c.epochs, c.progress, c.tensorboard) == ("true", 3, False, True)
+    assert [load_config(["--resume", v]).resume for v in ("false", "no", "auto", "AUTO")] == ["false", "false", "auto",
+                                                                                             "auto"]
     with pytest.raises(SystemExit):
         load_config(["--resume", "maybe"])
+
+
+def test_demo_preset_is_announced_with_the_fields_it_set():
+    notices = []
+    c = load_config(["--width", "0.5", "--method", "st"], notices=notices)
+    assert c.width == 0.5 and c.model == DEMO["model"] and len(notices) == 1
+    preset = {k: v for k, v in DEMO.items() if k != "width"}
+    assert notices[0].startswith("no --data: this is the embedded demo")
+    assert all(f"{k.replace('_', '-')}={v}" in notices[0] for k, v in preset.items()) and "width=" not in notices[0]
+    assert "for a real run pass --data" in notices[0]
+    for given in (["--data", "digits"], ["--data-backend", "synthetic"]):
+        quiet = []
+        load_config(given, notices=quiet)
+        assert quiet == []
+
+
+def test_resume_refuses_each_field_the_data_order_schedule_or_model_depend_on():
+    """config.json's record against a resume's: the fields in RESUME_SAFE may change, every
+    other field, the world size and the resolved precision and data backend may not."""
+    from fastnofrost.config import RESOLVED, RESUME_SAFE, resume_changes, run_record
+
+    base = load_config(["--data", "digits"])
+    saved = json.loads(json.dumps(run_record(base, "fp32", "torch", 1)))  # as config.json holds it
+    safe = load_config(["--data", "digits", "--log-every", "3", "--keep-last", "5", "--compile", "attack",
+                        "--max-steps", "7", "--resume", "auto", "--out", "elsewhere", "--workers", "2"])
+    assert resume_changes(saved, run_record(safe, "fp32", "torch", 1)) == []
+    changed = load_config(["--data", "digits", "--batch-size", "128", "--model", "nf_resnet26_small", "--epochs", "91"])
+    assert resume_changes(saved, run_record(changed, "fp32", "torch", 1)) == [
+        "--model nf_resnet50 -> nf_resnet26_small", "--epochs 90 -> 91", "--batch-size 256 -> 128"]
+    assert resume_changes(saved, run_record(load_config(["--data", "digits", "--precision", "fp32"]), "fp32", "torch",
+                                            1)) == []  # auto and fp32 resolving alike
+    assert resume_changes(saved, run_record(base, "bf16", "dali-cpu", 2)) == [
+        "--precision (as resolved) fp32 -> bf16", "--data-backend (as resolved) torch -> dali-cpu", "world size 1 -> 2"]
+    older = {k: v for k, v in saved.items() if k != "nesterov"}  # a record without a field: at its default
+    assert resume_changes(older, run_record(base, "fp32", "torch", 1)) == []
+    for f in dataclasses.fields(TrainConfig):
+        other = {**saved, f.name: "other"}
+        found = resume_changes(other, run_record(base, "fp32", "torch", 1))
+        allowed = f.name in RESUME_SAFE or f.name in RESOLVED
+        assert found == ([] if allowed else [found[0]]) and (allowed or found[0].startswith(f.metadata.get("flag") or
+                                                                                         "--" + f.name.replace("_", "-"))), f.name
 
 
 def test_yaml_config_and_precedence(tmp_path):
@@ -542,10 +605,11 @@ def test_cli_trains_logs_plots_and_checkpoints(tmp_path):
     out = tmp_path / "run"
     proc = run(train_cmd(out, "--max-steps", "6", "--log-every", "2", "--keep-last", "2", "--save-every", "2",
                          "--tensorboard", "true", precision="auto"))
-    # the run's first line (after DeepSpeed's own): the precision auto chose on this host, and why
+    # the run's first lines (after DeepSpeed's own): no --data, so the demo preset's sentence, then
+    # the precision auto chose on this host, and why
     precision, why = auto_precision(torch.device("cpu"))
-    ours = proc.stdout[proc.stdout.index("\nprecision ") + 1:].splitlines()
-    assert ours[0] == f"precision {precision} ({why})" and ours[1].startswith("nofrost on nf_resnet26_small")
+    ours = proc.stdout[proc.stdout.index("\nno --data: this is the embedded demo") + 1:].splitlines()
+    assert ours[1] == f"precision {precision} ({why})" and ours[2].startswith("nofrost on nf_resnet26_small")
     assert json.loads((out / "config.json").read_text())["precision_resolved"] == precision
     for name in ("config.json", "log.jsonl", "loss.png", "accuracy.png", "final.safetensors", "summary.json",
                  "best_clean.safetensors", "best_robust.safetensors"):
@@ -559,9 +623,22 @@ def test_cli_trains_logs_plots_and_checkpoints(tmp_path):
     records = read_log(str(out))
     assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6]
     assert {"loss_clean", "loss_adv", "acc_clean", "acc_adv", "img_s", "lr"} <= set(records[0])
-    # a second run into the same folder without --resume is refused, losing nothing
+    # a second run into the same folder without --resume is refused, and so is a resume that
+    # changes the batch size and the seed, losing nothing
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     proc = subprocess.run(train_cmd(out), capture_output=True, text=True, env=env(), timeout=600)
     assert proc.returncode == 1 and "already holds a run" in proc.stderr
+    proc = subprocess.run(train_cmd(out, "--resume", "auto", "--batch-size", "64", "--seed", "3", "--log-every", "1"),
+                          capture_output=True, text=True, env=env(), timeout=600)
+    refusal = [line for line in proc.stderr.splitlines() if "--resume:" in line]
+    assert proc.returncode == 1 and len(refusal) == 1, proc.stderr  # one sentence
+    assert "(--batch-size 32 -> 64; --seed 0 -> 3)" in refusal[0] and "--log-every" not in refusal[0]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_true_without_a_checkpoint_exits_before_any_work(tmp_path):
+    proc = subprocess.run(train_cmd(tmp_path / "r", "--resume"), capture_output=True, text=True, env=env())
+    assert proc.returncode == 1 and "holds no checkpoint" in proc.stderr and "--resume auto" in proc.stderr
 
 
 def test_bad_flag_exits_before_any_work(tmp_path):
@@ -578,7 +655,7 @@ RESUME_RUN = ["--method", "nofrost", "--max-steps", "12", "--log-every", "1", "-
 def uninterrupted(tmp_path_factory):
     """The losses of RESUME_RUN without interruption (12 steps, one rank)."""
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    run(train_cmd(out, *RESUME_RUN))
+    run(train_cmd(out, *RESUME_RUN, "--resume", "auto"))  # no checkpoint yet: a new run
     assert sorted(losses(out)) == list(range(1, 13))
     return losses(out)
 
@@ -602,7 +679,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, uninterrupted):
     before = losses(killed)
     assert 8 <= max(before) < 12, "the run must die mid-way (after a checkpoint, before the end)"
     assert (killed / "checkpoints" / "latest").read_text() in ("step6", "step9")
-    run(train_cmd(killed, *RESUME_RUN, "--resume", "true"))
+    run(train_cmd(killed, *RESUME_RUN, "--resume", "auto", "--keep-last", "3"))  # a field a resume may change
     assert losses(killed) == uninterrupted  # every step's loss, bit for bit (floats from JSON)
     assert not [t for t in os.listdir(killed / "checkpoints") if t.startswith("tmp-")]
 

@@ -28,10 +28,11 @@ def pad(x: torch.Tensor, y: torch.Tensor, size: int):
             torch.cat([y, y[-1:].expand(missing)]))
 
 
-def validate(module, loader, *, eps, steps, examples, precision, device, evaluation=None,
+def validate(module, loader, *, eps, steps, examples, precision, device, alpha=None, evaluation=None,
              compile_step=False) -> dict:
-    """{'clean': %, 'robust': %, 'n_clean': n, 'n_robust': n} over every rank. ``evaluation``:
-    the method's evaluation context for the module (``Method.evaluation``: MBNAT's BN mix)."""
+    """{'clean': %, 'robust': %, 'n_clean': n, 'n_robust': n} over every rank. ``alpha``: the
+    PGD step (None: PGD's default for ``steps``); ``evaluation``: the method's evaluation
+    context for the module (``Method.evaluation``: MBNAT's BN mix)."""
     was_training = module.training
     module.eval()
     limit = math.ceil(examples / distributed.world_size()) if examples else math.inf
@@ -54,7 +55,7 @@ def validate(module, loader, *, eps, steps, examples, precision, device, evaluat
                     take = int(min(n, limit - n_robust))
                     if take > 0:  # the whole (padded) batch is attacked: one shape; the first `take` count
                         with torch.enable_grad():
-                            x_adv = pgd(module, x, y, eps, steps, precision=precision, compile_step=compile_step)
+                            x_adv = pgd(module, x, y, eps, steps, alpha, precision=precision, compile_step=compile_step)
                         robust += (prec.logits(module, x_adv).argmax(1) == y)[:take].sum()
                         n_robust += take
     finally:
