@@ -7,6 +7,8 @@ against the torch that is already installed, so install with --no-build-isolatio
     pip install --no-build-isolation -e '.[dev]'      # or: pip install --no-build-isolation .
 
 The Triton kernels (kernels/triton/*.py) ship as the subpackage `fastnofrost.triton_kernels`.
+Console scripts: `fastnofrost-train` (fastnofrost/train.py) and `fastnofrost-evaluate`
+(python -m fastnofrost.evaluate).
 """
 import os
 import shutil
@@ -101,6 +103,12 @@ setup(
         "dali-cuda130": ["nvidia-dali-cuda130"],
         "dali-cuda120": ["nvidia-dali-cuda120"],
         "dev": DEV,
+    },
+    entry_points={
+        "console_scripts": [
+            "fastnofrost-train = fastnofrost.train:main",  # = python fastnofrost/train.py; main returns the exit code
+            "fastnofrost-evaluate = fastnofrost.evaluate:cli",  # = python -m fastnofrost.evaluate
+        ],
     },
     zip_safe=False,
 )

@@ -1,9 +1,16 @@
 """Robustness evaluation: every attack of the NoFrost paper, model-property metrics, distribution
 shift, and an honest report.
 
-    python -m fastnofrost.evaluate --model nf_resnet50 --checkpoint final.safetensors --data /data/imagenet \\
-        [--attacks clean,pgd,apgd-ce,apgd-dlr,mia,cw,rays,square,aa] [--eps 8] [--steps 20] [--n-examples N]
+    fastnofrost-evaluate --run runs/nofrost-nf_resnet50 [--which best_robust|best_clean|final] \\
+        [--attacks clean,pgd,apgd-ce,apgd-dlr,mia,cw,rays,square,aa] [--eps 8] [--steps 20] [--n-examples N|all]
+    fastnofrost-evaluate --model nf_resnet50 --checkpoint final.safetensors --data /data/imagenet ...
     deepspeed --num_gpus 8 --module fastnofrost.evaluate ...     # examples sharded over the ranks
+
+(``fastnofrost-evaluate`` is ``python -m fastnofrost.evaluate``.) ``--run``: a run folder of
+``fastnofrost-train``; its config.json gives the model, width, image size and data, and
+``--which`` picks its weights; explicit flags override. Without ``--n-examples``, a validation
+set of more than ``SUBSET_ABOVE`` images is evaluated on ``DEFAULT_SUBSET`` of them spread
+evenly (:mod:`fastnofrost.evaluation.data`; ``--n-examples all``: every image).
 
 or from Python, on any classifier taking [0, 1] pixels (a timm or robustbench model too, with
 its normalization as its first layer):
@@ -16,6 +23,8 @@ Writes ``report.json`` and ``report.md`` and prints the table (laid out as the p
 masking). See docs/evaluation.md for every option.
 """
 import argparse
+import glob
+import json
 import os
 import sys
 import time
@@ -32,7 +41,7 @@ from .data.shard import merge
 from .device import prepare
 from .metrics import margin, thickness
 from .evaluation.attacks import BUDGETS, DEFAULT_ATTACKS, MENU, AttackSettings, build_attacks, check_names
-from .evaluation.data import Examples, validation_loader
+from .evaluation.data import DEFAULT_SUBSET, SUBSET_ABOVE, Examples, validation_loader
 from .evaluation.properties import build_metrics, check_metric_names
 from .evaluation.report import build_report, to_markdown, write_report
 from .evaluation.runner import attack_pass, clean_pass, metric_pass
@@ -41,6 +50,8 @@ from .evaluation.shift import (TITLES, check_outputs, class_index_of_folder, eva
 
 
 EVAL_COMPILE_LEVELS = tuple(level for level in COMPILE_LEVELS if level != "full")  # no training step here
+PROG = "fastnofrost-evaluate"  # the console script; the same program as python -m fastnofrost.evaluate
+WHICH = ("best_robust", "best_clean", "final")  # the weights fastnofrost-train writes: <which>.safetensors
 
 
 def evaluate(model, data, attacks: Sequence[str] = DEFAULT_ATTACKS, *, eps: float = AttackSettings.eps,
@@ -58,7 +69,8 @@ def evaluate(model, data, attacks: Sequence[str] = DEFAULT_ATTACKS, *, eps: floa
 
     ``data``: tensors ``(x, y)`` (pixels in [0, 1], int64 labels) or a loader of (x, y) batches;
     ``n_examples``: N examples spread over ``data`` (tensors) or the first N of the loader's
-    order. In a process group each rank evaluates its round-robin share (a loader must yield
+    order; None: all of them (the command line's default subset of large sets does not apply
+    here). In a process group each rank evaluates its round-robin share (a loader must yield
     this rank's share) and every rank returns the merged report. ``compile_level``: 'none'
     (eager) or 'attack': the step of pgd, mia, cw and pgd-targeted torch.compiled, with CUDA graphs
     on CUDA, as training's ``--compile attack`` (standardized weights still computed once per
@@ -126,20 +138,40 @@ def _device_name(device: torch.device) -> str:
 
 # ------------------------------------------------------------------------------ command line
 
+def n_examples_flag(text: str):
+    """--n-examples: 'all' or a number."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got {text!r}") from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m fastnofrost.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="model name (fastnofrost.models.list_models())")
-    p.add_argument("--checkpoint", required=True, help="weights: safetensors or torch file (loaded safely)")
+    p = argparse.ArgumentParser(prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description=__doc__.split("\n\n")[0] + f" {PROG} and python -m "
+                                                                         "fastnofrost.evaluate are the same program.")
+    p.add_argument("--run", metavar="DIR", default=None,
+                   help="a fastnofrost-train run folder: model, width, image size and data from its config.json, "
+                        "weights from --which; the flags below override")
+    p.add_argument("--which", choices=WHICH, default=None,
+                   help=f"the run's weights, DIR/<which>.safetensors; None: {WHICH[0]}")
+    p.add_argument("--model", default=None, help="model name (fastnofrost.models.list_models()); None: the run's")
+    p.add_argument("--checkpoint", default=None,
+                   help="weights: safetensors or torch file (loaded safely); None: the run's --which")
     p.add_argument("--num-classes", type=int, default=None, help="model outputs; None: the data's classes")
-    p.add_argument("--width", type=float, default=1.0, help="model channel width multiplier")
-    p.add_argument("--data", required=True, help=f"ImageNet-layout folder or one of {', '.join(DATASETS)}")
+    p.add_argument("--width", type=float, default=None, help="model channel width multiplier; None: the run's, or 1.0")
+    p.add_argument("--data", default=None,
+                   help=f"ImageNet-layout folder or one of {', '.join(DATASETS)}; None: the run's")
     p.add_argument("--data-backend", default="torch", choices=("torch", "dali-cpu", "dali-gpu"),
                    help="decoding of folders")
-    p.add_argument("--image-size", type=int, default=224, help="validation resize + center crop")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="validation resize + center crop; None: the run's, or 224")
     p.add_argument("--workers", type=int, default=4, help="data loader processes")
-    p.add_argument("--n-examples", type=int, default=None,
-                   help="examples spread evenly over the validation set; None: all")
+    p.add_argument("--n-examples", type=n_examples_flag, default=None, metavar="N|all",
+                   help=f"N examples spread evenly over the validation set, or all; None: all, or {DEFAULT_SUBSET:,} "
+                        f"spread evenly when the set has more than {SUBSET_ABOVE:,}")
     p.add_argument("--batch-size", type=int, default=AttackSettings.batch_size, help="examples per attack call")
     p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), help=f"comma list of {','.join(MENU)}")
     p.add_argument("--eps", type=float, default=AttackSettings.eps * 255, help="L-inf radius in 1/255 units")
@@ -167,17 +199,72 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--class-index", default=None,
                    help="file of the model's wnids in output order; None: sorted class folders of --data/train")
     p.add_argument("--shift-examples", type=int, default=None, help="examples spread over each shift split; None: all")
-    p.add_argument("--out", default=None, help="report folder; None: eval_<model>_<date-time>")
+    p.add_argument("--out", default=None,
+                   help="report folder; None: DIR/eval-<which>-<date-time> with --run, else eval_<model>_<date-time>")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"),
                    help="cuda: the rank's GPU under a launcher")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed's
     args = p.parse_args(argv)
     try:
+        apply_run(args)
         check_args(args)
     except ValueError as err:
         p.error(str(err))
     return args
+
+
+def apply_run(args) -> None:
+    """Fill --model, --width, --image-size, --data and --checkpoint from --run's config.json and
+    --which where not given (``args.which``: the weights chosen, None when --checkpoint names
+    them); the defaults of --width and --image-size without a run; a missing value or a run
+    folder lacking what it needs is one sentence."""
+    if args.run is None:
+        missing = [f"--{name}" for name in ("model", "checkpoint", "data") if getattr(args, name) is None]
+        if missing:
+            names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+            raise ValueError(f"{names} {'is' if len(missing) == 1 else 'are'} required without --run "
+                             f"(--run DIR: a fastnofrost-train run folder, which names them)")
+        if args.which is not None:
+            raise ValueError("--which picks a run's weights: it needs --run DIR")
+        args.width = 1.0 if args.width is None else args.width
+        args.image_size = 224 if args.image_size is None else args.image_size
+        return
+    if args.which is not None and args.checkpoint is not None:
+        raise ValueError("--which and --checkpoint both choose the weights: give one")
+    run_dir = args.run
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"--run {run_dir!r} is not a folder")
+    weights = sorted(os.path.basename(f) for f in glob.glob(os.path.join(glob.escape(run_dir), "*.safetensors")))
+    has = f"it holds {', '.join(weights)}" if weights else "it holds no weights (*.safetensors) yet"
+    config_path = os.path.join(run_dir, "config.json")
+    try:
+        with open(config_path) as fh:
+            config = json.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"--run {run_dir}: {config_path} is missing (fastnofrost-train writes it when a run starts; "
+                         f"{has}); without --run, give --model, --width, --image-size, --data and --checkpoint"
+                         ) from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--run {run_dir}: {config_path} is not readable JSON ({exc})") from None
+    if not isinstance(config, dict) or not all(key in config for key in ("model", "width", "image_size", "data")):
+        raise ValueError(f"--run {run_dir}: {config_path} lacks model, width, image_size or data: not a "
+                         "fastnofrost-train config")
+    for name in ("model", "width", "image_size", "data"):
+        if getattr(args, name) is None:
+            setattr(args, name, config[name])
+    if args.data is None:
+        raise ValueError(f"--run {run_dir}: the run names no data set (data_backend "
+                         f"{config.get('data_backend')!r}): give --data")
+    if args.checkpoint is None:
+        args.which = args.which or WHICH[0]
+        args.checkpoint = os.path.join(run_dir, f"{args.which}.safetensors")
+        if not os.path.isfile(args.checkpoint):
+            others = [w for w in WHICH if f"{w}.safetensors" in weights]
+            hint = (f"; choose with --which {' or --which '.join(others)}" if others else
+                    "; final.safetensors is written when training ends")
+            why = " (written when the run validates: --val-every)" if args.which.startswith("best_") else ""
+            raise ValueError(f"--run {run_dir}: {args.checkpoint} is missing{why}; {has}{hint}")
 
 
 def check_args(args) -> None:
@@ -198,7 +285,7 @@ def check_args(args) -> None:
         need(getattr(args, option) >= 1, f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
     for option in ("n_examples", "shift_examples", "num_classes"):
         value = getattr(args, option)
-        need(value is None or value >= 1, f"--{option.replace('_', '-')} must be >= 1, got {value}")
+        need(value is None or value == "all" or value >= 1, f"--{option.replace('_', '-')} must be >= 1, got {value}")
     need(args.width > 0, f"--width must be > 0, got {args.width}")
     need(args.thickness_points >= 2, f"--thickness-points must be >= 2, got {args.thickness_points}")
     need(args.margin_search_steps >= 0, f"--margin-search-steps must be >= 0, got {args.margin_search_steps}")
@@ -245,7 +332,7 @@ def run(args, argv: Sequence[str] = ()) -> dict:
     device = prepare(distributed.init_from_env(args.device) if distributed.launched() else torch.device(args.device))
     rank, world = distributed.rank(), distributed.world_size()
     sets, class_index, splits = shift_plan(args)
-    loader, n = validation_loader(args.data, backend=args.data_backend, image_size=args.image_size,
+    loader, n, which_examples = validation_loader(args.data, backend=args.data_backend, image_size=args.image_size,
                                   batch_size=args.batch_size, n_examples=args.n_examples, rank=rank, world=world,
                                   device=device, workers=args.workers)
     classes = args.num_classes or loader.num_classes
@@ -253,15 +340,15 @@ def run(args, argv: Sequence[str] = ()) -> dict:
         try:
             check_standard_classes(classes, args.data)
         except ValueError as exc:
-            raise SystemExit(f"python -m fastnofrost.evaluate --attacks aa: {exc}: leave aa out") from None
+            raise SystemExit(f"{PROG} --attacks aa: {exc}: leave aa out") from None
     model = create_model(args.model, num_classes=classes, width=args.width)
     load_checkpoint(model, args.checkpoint)
     model.to(device).eval()
     group_weights(model)  # NF models: each attack standardizes every weight in one op
     if splits:
         check_outputs(splits, class_index, classes)
-    meta = {"model": args.model, "checkpoint": args.checkpoint, "data": args.data,
-            "command": " ".join(["python -m fastnofrost.evaluate", *argv])}
+    meta = {"model": args.model, "checkpoint": args.checkpoint, "data": args.data, "examples": which_examples,
+            "run": args.run, "which": args.which, "command": " ".join([PROG, *argv])}
     report = evaluate(model, loader, args.attacks.split(","), eps=args.eps / 255,
                       **{budget: getattr(args, budget) for budget in BUDGETS}, seed=args.seed,
                       precision=args.precision, batch_size=args.batch_size, n_examples=n,
@@ -274,7 +361,7 @@ def run(args, argv: Sequence[str] = ()) -> dict:
                                          workers=args.workers, device=device, precision=args.precision,
                                          progress=not args.no_progress and rank == 0)
     if rank == 0:
-        out = args.out or f"eval_{args.model}_{time.strftime('%Y%m%d-%H%M%S')}"
+        out = args.out or default_out(args)
         paths = write_report(report, out)
         print(to_markdown(report))
         for warning in report["warnings"]:
@@ -283,7 +370,17 @@ def run(args, argv: Sequence[str] = ()) -> dict:
     return report
 
 
+def default_out(args) -> str:
+    """The report folder without --out: inside the run with --run, else in the working folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if args.run is not None:
+        name = args.which or os.path.splitext(os.path.basename(args.checkpoint))[0]
+        return os.path.join(args.run, f"eval-{name}-{stamp}")
+    return f"eval_{args.model}_{stamp}"
+
+
 def main(argv=None) -> dict:
+    """The command line; returns the report dict (the Python entry: see :func:`cli`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
@@ -292,5 +389,12 @@ def main(argv=None) -> dict:
         distributed.shutdown()
 
 
+def cli(argv=None) -> int:
+    """The ``fastnofrost-evaluate`` console script: :func:`main`, exit status 0 (errors exit
+    through argparse or SystemExit with their own)."""
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -5,8 +5,9 @@
 - Every ``--flag`` in a command line of the training script (``fastnofrost/train.py``,
   ``fastnofrost-train``, ``deepspeed ... train.py``, ``make train ARGS="..."``) is an option of
   train.py's parser (``fastnofrost.config.parser``), and every one in a command line of
-  ``python -m fastnofrost.evaluate`` is an option of the evaluate parser. The flags between
-  ``deepspeed`` and the script are the launcher's own: they must be in ``DEEPSPEED_FLAGS``.
+  ``fastnofrost-evaluate`` (``python -m fastnofrost.evaluate``) is an option of the evaluate parser.
+  The flags between ``deepspeed`` and the script are the launcher's own: they must be in
+  ``DEEPSPEED_FLAGS``.
 - docs/training.md and docs/evaluation.md document their program's flags in prose and tables too:
   every ``--flag`` there is one of its program's, a launcher's or a retired one's.
 
@@ -34,7 +35,7 @@ OTHER_PROGRAM_FLAGS = {"training.md": SBATCH_FLAGS, "evaluation.md": set()}
 
 FLAG = re.compile(r"(?<![\w-])--[A-Za-z][A-Za-z0-9_]*(?:-[A-Za-z0-9_]+)*")
 TRAIN = re.compile(r"(?<![\w./-])(?:[\w.-]+/)*train\.py(?![\w.-])|(?<![\w-])fastnofrost-train(?![\w-])")
-EVALUATE = re.compile(r"(?<![\w./-])fastnofrost[./]evaluate(?:\.py)?(?![\w.])")
+EVALUATE = re.compile(r"(?<![\w./-])fastnofrost[./]evaluate(?:\.py)?(?![\w.])|(?<![\w-])fastnofrost-evaluate(?![\w-])")
 MAKE_TRAIN = re.compile(r"(?<![\w-])make\s+train(?![\w-])")
 DEEPSPEED = re.compile(r"(?<![\w./-])deepspeed(?![\w.-])")
 SEGMENT_END = re.compile(r"\s(?:&&|\|\||\||;|&)(?:\s|$)|;")
@@ -271,12 +272,13 @@ def test_flags_are_read_per_program():
     assert unknown_flags(command, known) == ["train: --no-such-flag"]
     text = ("```\npython -m fastnofrost.evaluate --model m \\\n    --no-such-flag 1\n"
             "# .venv/bin/python -m fastnofrost.evaluate --model m \\\n#     --bad-too\n"
+            ".venv/bin/fastnofrost-evaluate --model m --script-flag\n"
             "python benchmarks/official_train.py --whatever\n```\n"
             "Prose: `make train ARGS=\"--epochs 4 --nope\"`, `deepspeed --bogus fastnofrost/train.py`,\n"
             "`train.py --method nofrost\n--wrong`; `--free-flag` belongs to no command.\n")
     bad = [b for command in command_lines(text) for b in unknown_flags(command, known)]
-    assert bad == ["evaluate: --no-such-flag", "evaluate: --bad-too", "train: --epochs", "train: --nope",
-                   "deepspeed: --bogus", "train: --method", "train: --wrong"]
+    assert bad == ["evaluate: --no-such-flag", "evaluate: --bad-too", "evaluate: --script-flag", "train: --epochs",
+                   "train: --nope", "deepspeed: --bogus", "train: --method", "train: --wrong"]
 
 
 # ------------------------------------------------------------------------------ the real docs
@@ -315,3 +317,15 @@ def test_launcher_flags_are_deepspeeds():
     runner = pytest.importorskip("deepspeed.launcher.runner")
     current, _ = _options(parser_built_by(runner.parse_args))
     assert DEEPSPEED_FLAGS - current == set()
+
+
+def test_resume_safe_fields_are_listed_as_the_code_has_them():
+    """docs/training.md's 'Safe to change on a resume:' names exactly config.RESUME_SAFE's flags."""
+    from dataclasses import fields
+
+    from fastnofrost.config import RESUME_SAFE, TrainConfig
+
+    text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    listed = text.split("Safe to change on a resume:", 1)[1].split("\n\n", 1)[0]
+    flags = {f.name: f.metadata.get("flag") or "--" + f.name.replace("_", "-") for f in fields(TrainConfig)}
+    assert set(FLAG.findall(listed)) == {flags[name] for name in RESUME_SAFE}

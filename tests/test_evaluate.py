@@ -392,6 +392,177 @@ def test_bad_options_are_one_sentence_before_any_work(tmp_path, capsys, option, 
     assert message in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------------------ --run, default protocol, scripts
+
+def constant_model(k: int, classes: int = 10):
+    """The demo model (nf_resnet26_small, width 0.25) predicting class k for every input: head.fc
+    has zero weights and a one-hot bias, so its clean accuracy is the share of label k."""
+    from fastnofrost.models import create_model
+
+    model = create_model("nf_resnet26_small", num_classes=classes, width=0.25)
+    with torch.no_grad():
+        model.head.fc.weight.zero_()
+        model.head.fc.bias.copy_(10.0 * F.one_hot(torch.tensor(k), classes).float())
+    return model
+
+
+def make_run(root, weights=("best_robust", "best_clean", "final"), config=True):
+    """A run folder as fastnofrost-train leaves it: config.json (TrainConfig fields + resolved
+    values) and ``<which>.safetensors``; the weights of ``WHICH[i]`` predict class i + 1."""
+    from fastnofrost.evaluate import WHICH
+    from fastnofrost.training.checkpoint import save_weights
+
+    os.makedirs(root, exist_ok=True)
+    if config:
+        with open(root / "config.json", "w") as fh:
+            json.dump({"model": "nf_resnet26_small", "width": 0.25, "image_size": 16, "data": "digits",
+                       "data_backend": "auto", "method": "nofrost", "epochs": 8, "precision_resolved": "fp32",
+                       "data_backend_resolved": "torch", "world_size": 1}, fh, indent=1)
+    for which in weights:
+        save_weights(constant_model(WHICH.index(which) + 1), str(root / f"{which}.safetensors"))
+    return root
+
+
+@pytest.mark.parametrize("m, flag, n, sentence", [
+    (10_000, None, 10_000, "all 10,000 validation images"),
+    (10_001, None, 5_000, "5,000 of 10,001 validation images, spread evenly (default when the set exceeds 10,000; "
+                          "--n-examples all for every image)"),
+    (50_000, None, 5_000, "5,000 of 50,000 validation images, spread evenly (default when the set exceeds 10,000; "
+                          "--n-examples all for every image)"),
+    (50_000, "all", 50_000, "all 50,000 validation images"),
+    (50_000, 1000, 1000, "1,000 of 50,000 validation images, spread evenly (--n-examples 1000)"),
+    (359, 1000, 359, "all 359 validation images"),
+])
+def test_default_protocol_subsets_only_large_validation_sets(m, flag, n, sentence):
+    from fastnofrost.evaluation.data import DEFAULT_SUBSET, SUBSET_ABOVE, examples_protocol
+
+    assert (SUBSET_ABOVE, DEFAULT_SUBSET) == (10_000, 5_000)
+    assert examples_protocol(m, flag) == (n, sentence)
+
+
+def test_the_default_subset_is_spread_and_said_in_the_report(tmp_path, capsys, monkeypatch, digits):
+    """The 359 digits stand for a large set (threshold 100, subset 20, as 10,000 / 5,000 for
+    ImageNet): 20 examples, every 17th, are evaluated and report.md and the printed table say so."""
+    import fastnofrost.evaluation.data as data_module
+
+    monkeypatch.setattr(data_module, "SUBSET_ABOVE", 100)
+    monkeypatch.setattr(data_module, "DEFAULT_SUBSET", 20)
+    run = make_run(tmp_path / "run", weights=("best_robust",))
+    report = main(["--run", str(run), "--attacks", "clean", "--workers", "0", "--no-progress",
+                   "--out", str(tmp_path / "out")])
+    sentence = ("20 of 359 validation images, spread evenly (default when the set exceeds 100; --n-examples all "
+                "for every image)")
+    assert report["n_examples"] == 20 and report["meta"]["examples"] == sentence
+    labels = digits[1][spread_indices(359, 20)]
+    assert report["attacks"]["clean"]["accuracy"] == pytest.approx(100 * (labels == 1).double().mean().item())
+    assert f"digits: {sentence}." in (tmp_path / "out" / "report.md").read_text()
+    assert f"digits: {sentence}." in capsys.readouterr().out
+    everything = main(["--run", str(run), "--attacks", "clean", "--workers", "0", "--no-progress",
+                       "--n-examples", "all", "--out", str(tmp_path / "all")])
+    assert everything["n_examples"] == 359 and everything["meta"]["examples"] == "all 359 validation images"
+
+
+@pytest.mark.parametrize("which", [None, "best_clean", "final"])
+def test_run_folder_gives_model_data_and_the_chosen_weights(tmp_path, digits, which):
+    """--run DIR: model, width, image size and data from DIR/config.json, DIR/<which>.safetensors
+    (best_robust by default) as the weights (each predicts its own class, so the clean accuracy
+    shows which was loaded), the report inside the run; through the console script's entry."""
+    from fastnofrost.evaluate import WHICH, cli
+
+    run = make_run(tmp_path / "run")
+    args = parse_args(["--run", str(run)] + (["--which", which] if which else []))
+    chosen = which or "best_robust"
+    assert (args.model, args.width, args.image_size, args.data) == ("nf_resnet26_small", 0.25, 16, "digits")
+    assert (args.which, args.checkpoint) == (chosen, str(run / f"{chosen}.safetensors"))
+    argv = ["--run", str(run), "--attacks", "clean", "--workers", "0", "--no-progress"]
+    assert cli(argv + (["--which", which] if which else [])) == 0
+    [out] = [d for d in os.listdir(run) if os.path.isdir(run / d)]
+    assert out.startswith(f"eval-{chosen}-")
+    with open(run / out / "report.json") as f:
+        report = json.load(f)
+    assert report["meta"]["run"] == str(run) and report["meta"]["which"] == chosen
+    assert report["meta"]["checkpoint"] == str(run / f"{chosen}.safetensors") and report["n_examples"] == 359
+    expected = 100 * (digits[1] == WHICH.index(chosen) + 1).double().mean().item()
+    assert report["attacks"]["clean"]["accuracy"] == pytest.approx(expected)
+
+
+def test_explicit_flags_override_the_run(tmp_path):
+    run = make_run(tmp_path / "run", weights=("best_robust",))
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"")
+    args = parse_args(["--run", str(run), "--model", "nf_resnet50_small", "--width", "0.5", "--image-size", "32",
+                       "--data", "fashion-mnist", "--checkpoint", str(other)])
+    assert (args.model, args.width, args.image_size, args.data) == ("nf_resnet50_small", 0.5, 32, "fashion-mnist")
+    assert (args.checkpoint, args.which) == (str(other), None)
+    plain = parse_args(["--model", "nf_resnet26_small", "--checkpoint", str(other), "--data", "digits"])
+    assert (plain.width, plain.image_size, plain.run, plain.which) == (1.0, 224, None, None)
+
+
+def test_run_folder_errors_name_the_path_and_the_weights_it_has(tmp_path, capsys):
+    def error(argv):
+        with pytest.raises(SystemExit) as stop:
+            parse_args(argv)
+        assert stop.value.code == 2
+        return capsys.readouterr().err
+
+    unvalidated = make_run(tmp_path / "unvalidated", weights=("final",))
+    message = error(["--run", str(unvalidated)])
+    assert f"{unvalidated / 'best_robust.safetensors'} is missing" in message
+    assert "it holds final.safetensors; choose with --which final" in message
+    assert "unknown attack" in error(["--run", str(unvalidated), "--which", "final", "--attacks", "fgsm"])
+    fresh = make_run(tmp_path / "fresh", weights=())
+    assert "it holds no weights (*.safetensors) yet; final.safetensors is written when training ends" in \
+        error(["--run", str(fresh), "--which", "final"])
+    no_config = make_run(tmp_path / "no_config", weights=("best_clean", "final"), config=False)
+    message = error(["--run", str(no_config)])
+    assert f"{no_config / 'config.json'} is missing" in message
+    assert "it holds best_clean.safetensors, final.safetensors" in message
+    assert "is not a folder" in error(["--run", str(tmp_path / "nowhere")])
+    assert "--which and --checkpoint both choose the weights" in \
+        error(["--run", str(unvalidated), "--which", "final", "--checkpoint", str(unvalidated / "final.safetensors")])
+    assert "--model and --checkpoint are required without --run" in error(["--data", "digits"])
+    assert "--model, --checkpoint and --data are required without --run" in error([])
+    assert "--which picks a run's weights: it needs --run" in \
+        error(["--model", "nf_resnet26_small", "--data", "digits", "--which", "final",
+               "--checkpoint", str(unvalidated / "final.safetensors")])
+    final = ["--run", str(unvalidated), "--which", "final"]
+    assert "expected a number or 'all'" in error(final + ["--n-examples", "some"])
+    assert "--n-examples must be >= 1" in error(final + ["--n-examples", "0"])
+
+
+def console_scripts():
+    """{name: 'module:function'} of setup.py's console_scripts, read without running setup()."""
+    import ast
+
+    tree = ast.parse(open(os.path.join(REPO, "setup.py")).read())
+    [call] = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "setup"]
+    [entry_points] = [k.value for k in call.keywords if k.arg == "entry_points"]
+    scripts = ast.literal_eval(entry_points)["console_scripts"]
+    return dict((part.strip() for part in line.split("=")) for line in scripts)
+
+
+def test_setup_declares_the_console_scripts():
+    import importlib
+
+    scripts = console_scripts()
+    assert scripts == {"fastnofrost-train": "fastnofrost.train:main",
+                       "fastnofrost-evaluate": "fastnofrost.evaluate:cli"}
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
+
+
+@pytest.mark.parametrize("name", ["fastnofrost-evaluate", "fastnofrost-train"])
+def test_installed_console_script_runs(name):
+    script = os.path.join(os.path.dirname(sys.executable), name)
+    if not os.path.isfile(script):
+        pytest.skip(f"{script} is not installed (the package was installed without its entry points: "
+                    "pip install --no-build-isolation -e . installs them)")
+    done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0 and "usage:" in done.stdout, done.stderr
+
+
 # ------------------------------------------------------------------------------ distribution shift
 
 WNIDS = [f"n0000000{k}" for k in range(5)]

@@ -1,4 +1,5 @@
-"""The evaluation suite behind ``python -m fastnofrost.evaluate`` (see :mod:`fastnofrost.evaluate`).
+"""The evaluation suite behind ``fastnofrost-evaluate`` (``python -m fastnofrost.evaluate``; see
+:mod:`fastnofrost.evaluate`).
 
 * :mod:`.attacks`: the attack menu (clean, pgd, apgd-ce, apgd-dlr, mia, cw, pgd-targeted, rays,
   square, aa) on :mod:`fastnofrost.attacks`, budgets, eps-ball check;

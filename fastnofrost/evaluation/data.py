@@ -4,8 +4,12 @@
 (M // N)-th of the M examples, the first N of those), so that a subset of a class-sorted
 folder such as ImageNet's val/ still covers every class; the choice is deterministic. The N
 examples are then dealt round-robin over the ranks (see :func:`fastnofrost.data.shard.shard_size`).
+
+The command line's default protocol (:func:`examples_protocol`): a validation set of more than
+``SUBSET_ABOVE`` images is evaluated on ``DEFAULT_SUBSET`` of them, spread evenly; a smaller one
+whole. The Python API's ``n_examples=None`` always means every example.
 """
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple, Union
 
 import torch
 
@@ -20,6 +24,22 @@ def spread_indices(m: int, n: Optional[int]) -> torch.Tensor:
     return torch.arange(0, m, max(1, m // n))[:n]
 
 
+SUBSET_ABOVE = 10_000   # validation sets larger than this are subset by default (command line) ...
+DEFAULT_SUBSET = 5_000  # ... to this many images, spread evenly
+
+
+def examples_protocol(m: int, flag: Union[None, str, int]) -> Tuple[int, str]:
+    """(N, the sentence saying which images) for a validation set of ``m`` images and
+    ``--n-examples`` as parsed: None (not given: ``DEFAULT_SUBSET`` spread evenly when ``m``
+    exceeds ``SUBSET_ABOVE``, else all), 'all', or a number N (capped at ``m``)."""
+    if flag is None and m > SUBSET_ABOVE:
+        return DEFAULT_SUBSET, (f"{DEFAULT_SUBSET:,} of {m:,} validation images, spread evenly (default when the set "
+                                f"exceeds {SUBSET_ABOVE:,}; --n-examples all for every image)")
+    if flag is None or flag == "all" or flag >= m:
+        return m, f"all {m:,} validation images"
+    return flag, f"{flag:,} of {m:,} validation images, spread evenly (--n-examples {flag})"
+
+
 def spread_sharding(m: int, n: Optional[int], batch_size: int, rank: int, world: int) -> Sharding:
     """The validation sharding whose rank ``rank`` reads its round-robin share of
     ``spread_indices(m, n)`` first (then more, which :class:`Examples` cuts off): every s-th
@@ -28,15 +48,20 @@ def spread_sharding(m: int, n: Optional[int], batch_size: int, rank: int, world:
     return Sharding(m, batch_size, False, rank * stride, world * stride)
 
 
-def validation_loader(data, *, backend: str, image_size: int, batch_size: int, n_examples: Optional[int],
+def validation_loader(data, *, backend: str, image_size: int, batch_size: int, n_examples: Union[None, str, int],
                       rank: int, world: int, device, workers: int):
     """``build_loader``'s validation split of ``data`` (folder, 'digits' or 'fashion-mnist') for
-    this rank, reading the spread subset first; returns (loader, number of examples N)."""
+    this rank, reading the spread subset first. ``n_examples``: ``--n-examples`` as parsed (see
+    :func:`examples_protocol`); returns (loader, number of examples N, the sentence saying which)."""
+    chosen = {}
+
+    def sharding(m: int) -> Sharding:
+        chosen["n"], chosen["text"] = examples_protocol(m, n_examples)
+        return spread_sharding(m, chosen["n"], batch_size, rank, world)
+
     loader = build_loader(data, backend=backend, batch_size=batch_size, image_size=image_size, train=False,
-                          rank=rank, world_size=world, device=device, workers=workers,
-                          sharding=lambda m: spread_sharding(m, n_examples, batch_size, rank, world))
-    m = loader.sharding.num_samples
-    return loader, min(m, n_examples or m)
+                          rank=rank, world_size=world, device=device, workers=workers, sharding=sharding)
+    return loader, chosen["n"], chosen["text"]
 
 
 class Examples:

@@ -137,8 +137,11 @@ def _shift_lines(shift: dict) -> List[str]:
 
 def to_markdown(report: dict) -> str:
     meta = report["meta"]
+    data = meta.get("data", "?")  # the command line says which examples (meta "examples"); the Python API counts
+    examples = (f"{data}: {meta['examples']}. " if meta.get("examples")
+                else f"{report['n_examples']} examples of {data}, ")
     lines = [f"# Robustness evaluation: {meta.get('model', 'model')}", "",
-             f"{report['n_examples']} examples of {meta.get('data', '?')}, L-inf eps = {report['eps_255']:.4g}/255 "
+             f"{examples}L-inf eps = {report['eps_255']:.4g}/255 "
              f"in [0, 1] pixels; checkpoint {meta.get('checkpoint', '-')}; {meta.get('device', '?')}, "
              f"{meta.get('world_size', 1)} process(es), torch {meta.get('torch', '?')}.", "",
              "## Robust accuracy (%)", ""] + _main_table(report) + ["", _groups_line(report), ""]
