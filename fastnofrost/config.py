@@ -20,6 +20,7 @@ from .attacks.base import COMPILE_LEVELS, PRECISIONS as ATTACK_PRECISIONS, defau
 from .data import BACKENDS as DATA_BACKENDS, DATASETS
 from .methods import METHODS
 from .methods.base import dual_bn_problem
+from .training.validate import STRONG_MIN, STRONG_SHARE
 
 PRECISIONS = ("auto",) + tuple(ATTACK_PRECISIONS)
 BACKENDS = ("auto",) + DATA_BACKENDS
@@ -132,6 +133,13 @@ class TrainConfig:
     val_every: int = _f(1, "validate every N epochs (0: never)")
     val_examples: int = _f(1000, "examples of the PGD validation (0: the whole validation set)")
     val_steps: int = _f(10, "PGD steps of the validation attack")
+    val_attacks: str = _f("pgd,apgd-ce,apgd-t", "validation attacks (white-box names of the evaluation's menu, pgd "
+                                                "first): PGD on --val-examples, and all of them on "
+                                                "--val-strong-examples for the masking check and the worst case "
+                                                "that picks best_robust (pgd alone: PGD only)")
+    val_strong_examples: Optional[int] = _f(None, "examples of the validation attacks' worst case, spread over the "
+                                                  f"validation set (default: as many as cost {100 * STRONG_SHARE:g} "
+                                                  f"percent of an epoch's training, at least {STRONG_MIN})")
     val_alpha: str = _f("auto", "step of the validation attack: auto (min(1.25 eps, eps + 4) / val-steps) or train "
                                 "(the training attack's step, as PGDAT.py)")
     _section("run")
@@ -282,6 +290,10 @@ def _problems(c: TrainConfig, world_size: int) -> List[str]:
          f"--data {c.data} is an in-memory data set: use --data-backend torch")
     need(c.workers >= 0, f"--workers must be >= 0, got {c.workers}")
     need(c.train_examples >= 0 and c.val_split_examples >= 0, "--train-examples and --val-split-examples must be >= 0")
+    val_attacks = _val_attack_problem(c.val_attacks)
+    need(not val_attacks, val_attacks)
+    need(c.val_strong_examples is None or c.val_strong_examples >= 1,
+         f"--val-strong-examples must be >= 1, got {c.val_strong_examples}")
     need(c.val_alpha in VAL_ALPHAS, f"--val-alpha must be one of {', '.join(VAL_ALPHAS)}, got {c.val_alpha!r}")
     need(c.val_every >= 0 and c.val_examples >= 0 and c.val_steps >= 1,
          "--val-every and --val-examples must be >= 0 and --val-steps >= 1")
@@ -298,6 +310,18 @@ def _problems(c: TrainConfig, world_size: int) -> List[str]:
     if METHODS.get(c.method) is not None and METHODS[c.method].needs_dual_bn and c.model in list_models():
         need("_dualbn" in c.model, dual_bn_problem(c.method, c.model))
     return bad
+
+
+def _val_attack_problem(text: str) -> str:
+    """The sentence for a bad --val-attacks ('' when it is good)."""
+    from .evaluation.attacks import MENU, WHITE_BOX, kind
+
+    names = [n.strip() for n in text.split(",")]
+    white = [n for n in MENU if n != "clean" and kind(n) == WHITE_BOX]
+    if names[0] != "pgd" or len(set(names)) != len(names) or not set(names) <= set(white):
+        return (f"--val-attacks must be pgd, then any of {', '.join(n for n in white if n != 'pgd')} "
+                f"(comma-separated, each once), got {text!r}")
+    return ""
 
 
 def validate(c: TrainConfig, world_size: int = 1) -> TrainConfig:

@@ -44,7 +44,8 @@ from fastnofrost.training.host import keep_large_buffers
 from fastnofrost.training.logger import RunLog, plot, summary_table
 from fastnofrost.training.preemption import EXIT_CODE, Preempted, Preemption
 from fastnofrost.training.schedule import cosine_with_warmup
-from fastnofrost.training.validate import validate
+from fastnofrost.training.validate import (attack_units, best_scores, default_strong_examples, strong_record,
+                                           strong_validation, training_units, validate)
 
 log = logging.getLogger("fastnofrost.train")
 def _deepaugment(cfg, device):
@@ -62,12 +63,16 @@ class RunState:
     epoch: int = 0               # epochs finished
     batch: int = 0               # micro-batches of the current epoch done
     best_clean: float = -1.0
-    best_robust: float = -1.0
+    best_robust: float = -1.0      # the validation attacks' worst case (PGD's accuracy with --val-attacks pgd)
+    best_robust_pgd: float = -1.0  # PGD's: the choice PGD alone would make, logged beside
     val: list = dataclasses.field(default_factory=list)  # one dict per validation
+    warnings: list = dataclasses.field(default_factory=list)  # {epoch, warning} of the validations
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> "RunState":
-        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls)})  # not DeepSpeed's own keys
+        """The state in a checkpoint's client state (not DeepSpeed's own keys); a field an older
+        version did not save keeps its default."""
+        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
 
 
 class Trainer:
@@ -92,6 +97,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.method = self._build_method()
         self.train_loader, self.val_loader = self._build_loaders(resolved.backend, resolved.channels_last)
+        self.strong_loader, self.n_strong = self._build_strong_loader(resolved.backend, resolved.channels_last)
         self.steps_per_epoch, self.total_steps = self._schedule()
         model = self._build_model(resolved.channels_last)
         # NF models: every WS layer standardized by one op, once per micro-batch (--ws per-layer: per use)
@@ -153,6 +159,34 @@ class Trainer:
                              **common)
         val = build_loader(cfg.data, train=False, subset=cfg.val_split_examples, **common) if cfg.val_every else None
         return train, val
+
+    def _build_strong_loader(self, backend: str, channels_last: bool):
+        """(loader, examples) of the validation attacks' worst case: a fixed subset spread over
+        the validation set, this rank's share; (None, 0) without validation attacks."""
+        cfg = self.cfg
+        names = cfg.val_attacks.split(",")
+        if self.val_loader is None or len(names) == 1:
+            return None, 0
+        from fastnofrost.evaluation.attacks import AttackSettings, build_attacks
+        from fastnofrost.evaluation.data import validation_loader
+
+        attacks = build_attacks(names, AttackSettings(eps=cfg.eps_pixels, steps=cfg.val_steps))
+        batch = micro_batch(cfg, self.world)
+        n_train = len(self.train_loader) * batch * self.world
+        n = cfg.val_strong_examples or default_strong_examples(n_train, cfg.steps, attacks.values())
+        common = dict(image_size=cfg.image_size, batch_size=batch, device=self.device, workers=cfg.workers,
+                      channels_last=channels_last)
+        if backend == "synthetic":  # its own batches: the first n
+            loader = build_loader(None, backend=backend, train=False, rank=self.rank, world_size=self.world,
+                                  seed=cfg.seed, **common)
+        else:
+            loader, n, _ = validation_loader(cfg.data, backend=backend, n_examples=n, rank=self.rank, world=self.world,
+                                             subset=cfg.val_split_examples,
+                                             index_dir=os.path.join(cfg.run_dir, "data-index"), **common)
+        share = n * sum(attack_units(a) for a in attacks.values()) / (n_train * training_units(cfg.steps))
+        self.log.info(f"validation attacks {', '.join(names)} on {n} examples spread over the validation set: "
+                      f"about {100 * share:.1f}% of an epoch's training FLOPs per validation")
+        return loader, n
 
     def _schedule(self):
         """(optimizer steps per epoch, optimizer steps of the run)."""
@@ -309,15 +343,34 @@ class Trainer:
                           examples=cfg.val_examples, precision=self.precision, device=self.device,
                           evaluation=self.method.evaluation,
                           compile_step=self.method.attack_settings.compile_step)
-        result.update(epoch=epoch, step=self.engine.global_steps, seconds=time.time() - t0)
+        warnings = []
+        if self.strong_loader is not None:
+            strong = strong_validation(self.engine.module, self.strong_loader, cfg.val_attacks.split(","),
+                                       eps=cfg.eps_pixels, steps=cfg.val_steps, n_examples=self.n_strong,
+                                       seed=cfg.seed, precision=self.precision, batch_size=micro_batch(cfg, self.world),
+                                       compile_level="none" if self.compile_level == "none" else "attack",
+                                       device=self.device, evaluation=self.method.evaluation)
+            result.update(strong_record(strong["report"]))
+            warnings = strong["warnings"]
+        scores = best_scores(result)
+        improved = {key: value > getattr(self.state, f"best_{key}") for key, value in scores.items()}
+        result.update(epoch=epoch, step=self.engine.global_steps, seconds=time.time() - t0, warnings=warnings,
+                      **{f"best_{key}": better for key, better in improved.items()})
         self.state.val.append(result)
         self.log.record("val", **result)
-        self.log.info(f"epoch {epoch + 1}: validation clean {result['clean']:.2f}% ({result['n_clean']}), "
-                      f"PGD-{cfg.val_steps} {result['robust']:.2f}% ({result['n_robust']})")
-        for key in ("clean", "robust"):
-            if result[key] > getattr(self.state, f"best_{key}"):
-                setattr(self.state, f"best_{key}", result[key])
-                if self.rank == 0:
+        line = (f"epoch {epoch + 1}: validation clean {result['clean']:.2f}% ({result['n_clean']}), "
+                f"PGD-{cfg.val_steps} {result['robust']:.2f}% ({result['n_robust']})")
+        if "worst" in result:
+            line += (f"; worst case of {cfg.val_attacks} {result['worst']:.2f}% ({result['strong_n']}; PGD there "
+                     f"{result['strong_pgd']:.2f}%, masking gap {result['masking_gap']:.2f} points)")
+        self.log.info(line)
+        for warning in warnings:
+            self.log.warning(f"epoch {epoch + 1}: {warning}", self.engine.global_steps)
+            self.state.warnings.append({"epoch": epoch, "warning": warning})
+        for key, better in improved.items():
+            if better:
+                setattr(self.state, f"best_{key}", scores[key])
+                if self.rank == 0 and key != "robust_pgd":
                     save_weights(self.engine.module, os.path.join(cfg.run_dir, f"best_{key}.safetensors"))
         if self.rank == 0:
             plot(cfg.run_dir)
@@ -336,7 +389,9 @@ class Trainer:
         summary = {"method": cfg.method, "model": cfg.model, "data": cfg.data, "steps": self.engine.global_steps,
                    "epochs": self.state.epoch, "wall_s": seconds, "img_s": self.images / max(seconds, 1e-9),
                    "clean": last.get("clean"), "robust": last.get("robust"),
+                   "worst": last.get("worst"), "masking_gap": last.get("masking_gap"),
                    "best_clean": self.state.best_clean, "best_robust": self.state.best_robust,
+                   "best_robust_pgd": self.state.best_robust_pgd, "warnings": self.state.warnings,
                    "world_size": self.world, "ranks_in_sync": distributed.in_sync(self.engine.module),
                    "compile": self.compile_level, "views": cfg.views, "ws": cfg.ws, **compile_counts(self.compile_level),
                    "run_dir": cfg.run_dir}
@@ -346,7 +401,12 @@ class Trainer:
             ("steps (epochs)", f"{summary['steps']} ({summary['epochs']})"),
             ("wall time", f"{seconds:.1f} s"), ("throughput", f"{summary['img_s']:.1f} img/s (this run, all ranks)"),
             ("final clean", pct(summary["clean"])), (f"final PGD-{cfg.val_steps}", pct(summary["robust"])),
-            ("best clean / PGD", f"{pct(summary['best_clean'])} / {pct(summary['best_robust'])}"),
+            ("final worst case", f"{pct(summary['worst'])} ({cfg.val_attacks})"),
+            ("best clean / robust", f"{pct(summary['best_clean'])} / {pct(summary['best_robust'])} (PGD's best "
+                                    f"{pct(summary['best_robust_pgd'])})"),
+            ("masking check", f"{len(self.state.warnings)} warning(s)" + (
+                f", the last: epoch {self.state.warnings[-1]['epoch'] + 1}: {self.state.warnings[-1]['warning']}"
+                if self.state.warnings else "")),
             ("ranks in sync", f"{summary['ranks_in_sync']} ({self.world} rank(s))"),
             ("outputs", cfg.run_dir)]))
         if self.rank == 0:

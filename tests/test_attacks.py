@@ -612,8 +612,8 @@ def test_declaring_an_attack_registers_it_and_bad_declarations_fail():
     finally:
         for name in ("probe_test", "probe_variant", "probe_clash", "probe_half"):
             REGISTRY.pop(name, None)
-    assert list(ATTACKS)[:9] == ["pgd", "apgd_ce", "apgd_dlr", "mia", "cw", "pgd_targeted", "rays", "square",
-                                 "autoattack"]
+    assert list(ATTACKS)[:10] == ["pgd", "apgd_ce", "apgd_dlr", "apgd_t", "mia", "cw", "pgd_targeted", "rays",
+                                  "square", "autoattack"]
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))

@@ -509,6 +509,7 @@ def test_help_groups_flags_by_section_and_switches_take_a_value_or_none():
     switch (true) or with true/false."""
     from fastnofrost.config import parser
 
+    assert "--val-strong-examples" in parser().format_help()  # every help text formats (no stray %)
     groups = {g.title: [a.dest for a in g._group_actions] for g in parser()._action_groups}
     for f in dataclasses.fields(TrainConfig):
         assert f.name in groups[f.metadata["section"]], f.name
@@ -581,10 +582,11 @@ def test_yaml_config_and_precedence(tmp_path):
 
 def train_cmd(out, *extra, precision="fp32"):
     """train.py on a tiny run. The precision is pinned (auto is bf16 on a CPU with native bf16,
-    fp32 elsewhere, and CI hosts differ); a later --precision in ``extra`` wins."""
+    fp32 elsewhere, and CI hosts differ), the validation is PGD's alone (the validation attacks'
+    own test below); a later flag in ``extra`` wins."""
     return [sys.executable, TRAIN, "--out", str(out), "--progress", "false", "--tensorboard", "false",
             "--width", "0.25", "--image-size", "16", "--batch-size", "32", "--steps", "2", "--epochs", "2",
-            "--val-examples", "64", "--precision", precision, *extra]
+            "--val-examples", "64", "--val-attacks", "pgd", "--precision", precision, *extra]
 
 
 def env(**kw):
@@ -639,6 +641,32 @@ def test_cli_trains_logs_plots_and_checkpoints(tmp_path):
 def test_resume_true_without_a_checkpoint_exits_before_any_work(tmp_path):
     proc = subprocess.run(train_cmd(tmp_path / "r", "--resume"), capture_output=True, text=True, env=env())
     assert proc.returncode == 1 and "holds no checkpoint" in proc.stderr and "--resume auto" in proc.stderr
+
+
+def test_validation_attacks_equal_evaluate_on_the_same_attacks_seed_and_examples(tmp_path):
+    """The validation attacks of a run (their subset, seed, budgets) give the numbers
+    ``python -m fastnofrost.evaluate --run`` gives the final weights on the same attacks, seed and
+    examples; the run reports them in its log line, log.jsonl, summary.json and accuracy.png."""
+    out = tmp_path / "run"
+    proc = run(train_cmd(out, "--val-attacks", "pgd,apgd-ce,apgd-t", "--val-strong-examples", "24", "--max-steps", "2",
+                         "--seed", "3", "--val-steps", "3"))
+    assert "validation attacks pgd, apgd-ce, apgd-t on 24 examples spread over the validation set" in proc.stdout
+    assert "worst case of pgd,apgd-ce,apgd-t" in proc.stdout and "masking check" in proc.stdout
+    record = [r for r in read_log(str(out)) if r["kind"] == "val"][-1]
+    assert record["strong_n"] == 24 and record["worst"] <= min(record[f"strong_{n}"] for n in ("pgd", "apgd-ce",
+                                                                                                  "apgd-t"))
+    assert record["best_robust"] and record["best_robust_pgd"] and isinstance(record["warnings"], list)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["worst"] == record["worst"] and summary["best_robust"] == record["worst"]
+    assert summary["best_robust_pgd"] == record["robust"] and (out / "accuracy.png").is_file()
+    report_dir = tmp_path / "eval"
+    run([sys.executable, "-m", "fastnofrost.evaluate", "--run", str(out), "--which", "final", "--attacks",
+         "clean,pgd,apgd-ce,apgd-t", "--steps", "3", "--n-examples", "24", "--seed", "3", "--batch-size", "32",
+         "--precision", "fp32", "--workers", "0", "--no-progress", "--out", str(report_dir)])
+    report = json.loads((report_dir / "report.json").read_text())
+    assert {n: r["accuracy"] for n, r in report["attacks"].items()} == {
+        n: record[f"strong_{n}"] for n in ("clean", "pgd", "apgd-ce", "apgd-t")}
+    assert report["worst_case"]["all"]["accuracy"] == record["worst"]
 
 
 def test_bad_flag_exits_before_any_work(tmp_path):

@@ -149,7 +149,8 @@ class APGDDLR(APGD):
 class APGDT(APGD):
     """APGD on targeted DLR against the 9 most likely other classes (AutoAttack's APGD-T)."""
     name = "apgd_t"
-    menu = column = None
+    menu = "apgd-t"
+    column = 4
     title = "APGD-T"
     loss: str = "dlr"
     targeted: bool = True

@@ -23,7 +23,7 @@ class AutoAttack(Attack):
     its inner batch."""
     name = "autoattack"
     menu = "aa"
-    column = 9
+    column = 10
     kind = ENSEMBLE
     title = "AA"
     eps: float = 8 / 255

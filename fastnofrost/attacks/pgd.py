@@ -141,7 +141,7 @@ class TargetedPGD(PGD):
     """PGD towards a random other class per sample."""
     name = "pgd_targeted"
     menu = "pgd-targeted"
-    column = 6
+    column = 7
     title = "PGD-T"
     targeted: bool = True
 
@@ -151,7 +151,7 @@ class CW(PGD):
     """PGD on the CW margin loss (confidence 50)."""
     name = "cw"
     menu = "cw"
-    column = 5
+    column = 6
     title = "CW"
     loss: str = "cw"
 
@@ -161,7 +161,7 @@ class MIA(PGD):
     """Momentum iterative attack (MI-FGSM, Dong et al. 2018): decay 1.0, no random start."""
     name = "mia"
     menu = "mia"
-    column = 4
+    column = 5
     title = "MIA"
     random_start: Union[bool, float] = False
     decay: Optional[float] = 1.0

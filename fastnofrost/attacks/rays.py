@@ -29,7 +29,7 @@ class RayS(Attack):
     deterministic: no seed)."""
     name = "rays"
     menu = "rays"
-    column = 7
+    column = 8
     kind = BLACK_BOX
     title = "RayS"
     budget = ("rays_queries", "queries")

@@ -49,7 +49,7 @@ class Square(Attack):
     module doc); ``p_init`` in (0, 1]."""
     name = "square"
     menu = "square"
-    column = 8
+    column = 9
     kind = BLACK_BOX
     title = "Square"
     budget = ("square_queries", "queries")

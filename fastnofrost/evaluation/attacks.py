@@ -8,6 +8,7 @@ its kind and column title, its budget set by the setting its ``budget`` names.
 | ``pgd``        | ``PGD``        | white-box | ``steps`` (20: PGD-20)          |
 | ``apgd-ce``    | ``APGD``       | white-box | ``apgd_steps``, 1 restart       |
 | ``apgd-dlr``   | ``APGDDLR``    | white-box | ``apgd_steps``                  |
+| ``apgd-t``     | ``APGDT``      | white-box | ``apgd_steps``, 9 targets       |
 | ``mia``        | ``MIA``        | white-box | ``steps``                       |
 | ``cw``         | ``CW``         | white-box | ``steps``                       |
 | ``pgd-targeted``| ``TargetedPGD``| white-box | ``steps``                      |

@@ -49,10 +49,11 @@ def spread_sharding(m: int, n: Optional[int], batch_size: int, rank: int, world:
 
 
 def validation_loader(data, *, backend: str, image_size: int, batch_size: int, n_examples: Union[None, str, int],
-                      rank: int, world: int, device, workers: int):
+                      rank: int, world: int, device, workers: int, **kw):
     """``build_loader``'s validation split of ``data`` (folder, 'digits' or 'fashion-mnist') for
     this rank, reading the spread subset first. ``n_examples``: ``--n-examples`` as parsed (see
-    :func:`examples_protocol`); returns (loader, number of examples N, the sentence saying which)."""
+    :func:`examples_protocol`); ``kw``: more of build_loader's options. Returns (loader, number
+    of examples N, the sentence saying which)."""
     chosen = {}
 
     def sharding(m: int) -> Sharding:
@@ -60,7 +61,7 @@ def validation_loader(data, *, backend: str, image_size: int, batch_size: int, n
         return spread_sharding(m, chosen["n"], batch_size, rank, world)
 
     loader = build_loader(data, backend=backend, batch_size=batch_size, image_size=image_size, train=False,
-                          rank=rank, world_size=world, device=device, workers=workers, sharding=sharding)
+                          rank=rank, world_size=world, device=device, workers=workers, sharding=sharding, **kw)
     return loader, chosen["n"], chosen["text"]
 
 

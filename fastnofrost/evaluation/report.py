@@ -5,9 +5,15 @@ Markdown / JSON files.
   and attacked (the clean input is inside every eps-ball, so an attacker may keep it).
 * Worst case (white-box): correct clean and under every white-box attack run, per example;
   worst case (all): correct under every attack run, AutoAttack and black-box ones included.
-* Masking warning: when PGD's robust accuracy exceeds AutoAttack's by more than
-  ``MASKING_GAP`` points, gradients are likely masked (obfuscated) and PGD overstates
-  robustness; as seen for the released NoFrost ResNet-50 (22% PGD, 1.3% AutoAttack).
+* Masking warning: when PGD's robust accuracy exceeds the per-example worst case of every attack
+  run by more than ``MASKING_GAP`` points and by more than ``MASKING_SHARE`` of the clean
+  accuracy, gradients are likely masked (obfuscated) and PGD overstates robustness, as for the
+  released NoFrost ResNet-50 (74.1% clean, 22.5% PGD, 1.3% AutoAttack: a gap of 29% of the clean
+  accuracy). Stronger attacks break a few of the examples PGD leaves on honest models too
+  (APGD's adaptive step): the digits demo, 97.2% clean, PGD-20 89.1%, AutoAttack 81.6%, a gap of
+  8% of the clean accuracy. Relative to the clean accuracy, not to PGD's: a weak model's few
+  robust examples make any gap a large share of PGD's number. Training's validation uses the
+  same rule (fastnofrost/training/validate.py).
 """
 import json
 import math
@@ -18,7 +24,8 @@ import torch
 
 from .attacks import BLACK_BOX, WHITE_BOX, AttackSettings, kind, label
 
-MASKING_GAP = 5.0  # percentage points
+MASKING_GAP = 5.0     # percentage points, and ...
+MASKING_SHARE = 0.15  # ... this share of the clean accuracy: a gap above both is a masking sign
 
 
 def _pct(mask: torch.Tensor) -> float:
@@ -54,16 +61,22 @@ def worst_case(results: Dict[str, dict]) -> Dict[str, Optional[dict]]:
     return out
 
 
-def masking_warnings(rows: Dict[str, dict]) -> List[str]:
-    """The gradient-masking warning (PGD above AutoAttack by more than MASKING_GAP points)."""
-    if "pgd" not in rows or "aa" not in rows:
+def masking_warnings(rows: Dict[str, dict], worst: Optional[dict]) -> List[str]:
+    """The gradient-masking warning: PGD's robust accuracy above ``worst`` (the per-example
+    worst case over every attack run, :func:`worst_case`'s 'all') by more than MASKING_GAP
+    points and more than MASKING_SHARE of the clean accuracy; none unless PGD and another attack
+    ran."""
+    if "pgd" not in rows or worst is None or len(worst["attacks"]) < 2:
         return []
-    gap = rows["pgd"]["accuracy"] - rows["aa"]["accuracy"]
-    if gap <= MASKING_GAP:
+    pgd = rows["pgd"]["accuracy"]
+    gap = pgd - worst["accuracy"]
+    if gap <= MASKING_GAP or gap <= MASKING_SHARE * rows["clean"]["accuracy"]:
         return []
-    return [f"{rows['pgd']['label']} robust accuracy ({rows['pgd']['accuracy']:.2f}%) exceeds AutoAttack's "
-            f"({rows['aa']['accuracy']:.2f}%) by {gap:.2f} points (> {MASKING_GAP:g}): a sign of gradient masking, "
-            "so PGD overstates this model's robustness; trust the AutoAttack number."]
+    others = ", ".join(rows[n]["label"] for n in worst["attacks"] if n != "pgd")
+    return [f"{rows['pgd']['label']} robust accuracy ({pgd:.2f}%) exceeds the per-example worst case of it and "
+            f"{others} ({worst['accuracy']:.2f}%) by {gap:.2f} points (> {MASKING_GAP:g} points and > "
+            f"{MASKING_SHARE:.0%} of the clean accuracy, {rows['clean']['accuracy']:.2f}%): a sign of gradient masking, so PGD overstates this model's robustness; "
+            "trust the worst case."]
 
 
 def metric_rows(metrics: Dict[str, dict]) -> Dict[str, dict]:
@@ -81,9 +94,10 @@ def metric_rows(metrics: Dict[str, dict]) -> Dict[str, dict]:
 def build_report(results: Dict[str, dict], settings: AttackSettings, metrics: Dict[str, dict], meta: dict) -> dict:
     """The report dict (written as report.json) from merged per-sample results."""
     rows = attack_rows(results, settings)
+    worst = worst_case(results)
     return {"meta": meta, "n_examples": rows["clean"]["n"], "eps": settings.eps, "eps_255": settings.eps * 255,
-            "settings": settings.as_dict(), "attacks": rows, "worst_case": worst_case(results),
-            "metrics": metric_rows(metrics), "warnings": masking_warnings(rows)}
+            "settings": settings.as_dict(), "attacks": rows, "worst_case": worst,
+            "metrics": metric_rows(metrics), "warnings": masking_warnings(rows, worst["all"])}
 
 
 # ------------------------------------------------------------------------------ Markdown

@@ -35,6 +35,12 @@ class RunLog:
         if self.enabled:
             (self.bar.write if self.bar is not None else print)(message, flush=True)
 
+    def warning(self, message: str, step: int) -> None:
+        """A warning: on the console and in TensorBoard's text tab (the caller records it in log.jsonl)."""
+        self.info(f"WARNING: {message}")
+        if self.enabled and self.writer is not None:
+            self.writer.add_text("warnings", message, step)
+
     # -------------------------------------------------------------- progress per epoch
     def start_epoch(self, epoch: int, epochs: int, total: int, initial: int = 0) -> None:
         if self.enabled and self.show_progress:
@@ -96,7 +102,7 @@ def read_log(run_dir: str) -> List[dict]:
 
 def plot(run_dir: str) -> None:
     """``loss.png`` (training loss and its parts per step) and ``accuracy.png`` (validation clean
-    and PGD accuracy per epoch)."""
+    and PGD accuracy per epoch, each validation attack's on its subset, and their worst case)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,6 +125,13 @@ def plot(run_dir: str) -> None:
         epochs = [r["epoch"] + 1 for r in val]
         ax.plot(epochs, [r["clean"] for r in val], "o-", label="clean")
         ax.plot(epochs, [r["robust"] for r in val], "s-", label="PGD")
+        attacks = sorted({k for r in val for k in r if k.startswith("strong_") and k not in (
+            "strong_n", "strong_seconds", "strong_clean")})  # the validation attacks, on their subset
+        for key in attacks + ["worst"]:
+            points = [(r["epoch"] + 1, r[key]) for r in val if key in r]
+            if points:
+                ax.plot(*zip(*points), "x--" if key != "worst" else "k^-",
+                        label=key[len("strong_"):] if key != "worst" else "worst case")
         ax.set_xlabel("epoch"), ax.set_ylabel("validation accuracy (%)"), ax.legend(), ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(os.path.join(run_dir, "accuracy.png"), dpi=100)
