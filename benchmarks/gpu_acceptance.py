@@ -207,6 +207,8 @@ def _train_detail(run_dir: str, steps: int) -> str:
         raise RuntimeError(f"the run ended at step {s['steps']} (expected {steps}), ranks in sync: {s['ranks_in_sync']}")
     config = json.load(open(os.path.join(run_dir, "config.json")))
     val = f", val clean {s['clean']:.1f}% PGD {s['robust']:.1f}%" if s.get("clean") is not None else ""
+    if s.get("worst") is not None:  # the validation attacks' worst case and the masking check
+        val += f", worst case {s['worst']:.1f}%, {len(s['warnings'])} validation warning(s)"
     return f"{s['steps']} steps, {config['precision_resolved']}, compile {s['compile']}{val}"
 
 

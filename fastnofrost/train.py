@@ -171,6 +171,10 @@ class Trainer:
         from fastnofrost.evaluation.data import validation_loader
 
         attacks = build_attacks(names, AttackSettings(eps=cfg.eps_pixels, steps=cfg.val_steps))
+        targets = max((getattr(a, "n_target_classes", 0) for a in attacks.values() if a.targeted is True), default=0)
+        if targets >= self.train_loader.num_classes:  # before the first epoch, not at the first validation
+            raise ConfigError(f"--val-attacks {cfg.val_attacks}: APGD-T targets the {targets} most likely other classes, "
+                              f"and the data has {self.train_loader.num_classes}: leave apgd-t out")
         batch = micro_batch(cfg, self.world)
         n_train = len(self.train_loader) * batch * self.world
         n = cfg.val_strong_examples or default_strong_examples(n_train, cfg.steps, attacks.values())

@@ -669,6 +669,17 @@ def test_validation_attacks_equal_evaluate_on_the_same_attacks_seed_and_examples
     assert report["worst_case"]["all"]["accuracy"] == record["worst"]
 
 
+def test_apgd_t_on_too_few_classes_stops_before_the_first_epoch(tmp_path):
+    from fastnofrost.data.samples import make_class_folder
+
+    make_class_folder(tmp_path / "data", classes=3, per_class=(("train", 4), ("val", 2)), size_range=(16, 24))
+    proc = subprocess.run(train_cmd(tmp_path / "r", "--data", str(tmp_path / "data"), "--workers", "0",
+                                    "--batch-size", "4", "--val-attacks", "pgd,apgd-t"),
+                          capture_output=True, text=True, env=env(), timeout=600)
+    assert proc.returncode == 1 and "APGD-T targets the 9 most likely other classes, and the data has 3" in proc.stderr
+    assert not (tmp_path / "r" / "log.jsonl").exists() or "train" not in (tmp_path / "r" / "log.jsonl").read_text()
+
+
 def test_bad_flag_exits_before_any_work(tmp_path):
     proc = subprocess.run(train_cmd(tmp_path / "r", "--lambda", "3"), capture_output=True, text=True, env=env())
     assert proc.returncode == 2 and "--lambda must be in [0, 1], got 3.0" in proc.stderr
