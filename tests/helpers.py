@@ -1,4 +1,5 @@
-"""Shared test helpers: tolerances per dtype, output poisoning, an op counter, train.py in-process."""
+"""Shared test helpers: tolerances per dtype, output poisoning, an op counter, train.py in-process, a
+small model trained on digits."""
 import contextlib
 import os
 import runpy
@@ -74,3 +75,26 @@ def run_train_here(argv) -> int:
         return 0
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+
+
+def train_on_digits(make, epochs, lr):
+    """``make()`` trained with Adam on the digits training split (16 x 16), from a fixed seed, in
+    eval mode."""
+    import torch.nn.functional as F
+
+    from fastnofrost.data import build_loader
+
+    loader = build_loader("digits", train=True, batch_size=64, image_size=16, seed=0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = make()
+        opt = torch.optim.Adam(model.parameters(), lr)
+        for epoch in range(epochs):
+            loader.set_epoch(epoch)
+            for x, y in loader:
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()

@@ -28,7 +28,7 @@ from fastnofrost.data.shard import merge, shard_size
 from fastnofrost.evaluation.report import masking_warnings, to_markdown, worst_case, write_report
 from fastnofrost.evaluation.shift import ShiftDataError, evaluate_shift, plan_shift, read_class_index
 
-from helpers import needs_inductor_cpu
+from helpers import needs_inductor_cpu, train_on_digits
 
 EPS = 8 / 255
 SMALL = dict(steps=5, apgd_steps=10, rays_queries=300, square_queries=300)  # budgets that keep CI fast
@@ -64,24 +64,6 @@ class RoundedLinear(nn.Module):
         return self.fc(torch.round(x).flatten(1))
 
 
-def train(make, epochs, lr):
-    """``make()`` trained with Adam on the digits training split, from a fixed seed."""
-    loader = build_loader("digits", train=True, batch_size=64, image_size=16, seed=0)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = make()
-        opt = torch.optim.Adam(model.parameters(), lr)
-        for epoch in range(epochs):
-            loader.set_epoch(epoch)
-            for x, y in loader:
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval()
-
-
 def accuracy(model, x, y):
     with torch.no_grad():
         return (model(x).argmax(1) == y).double().mean().item()
@@ -96,14 +78,14 @@ def digits():
 
 @pytest.fixture(scope="module")
 def model(digits):
-    net = train(SmallNet, epochs=15, lr=5e-3)
+    net = train_on_digits(SmallNet, epochs=15, lr=5e-3)
     assert accuracy(net, *digits) > 0.9
     return net
 
 
 @pytest.fixture(scope="module")
 def masked_model(digits):
-    net = train(RoundedLinear, epochs=10, lr=1e-2)
+    net = train_on_digits(RoundedLinear, epochs=10, lr=1e-2)
     assert accuracy(net, *digits) > 0.85
     return net
 

@@ -3,11 +3,9 @@ built to mask gradients, pyautoattack's sanity checks, the worst case that ranks
 the default subset's cost. (That validation equals ``python -m fastnofrost.evaluate`` on the same
 attacks, seed and examples is tested end to end in tests/test_train.py.)"""
 import pytest
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from fastnofrost.data import build_loader
+from helpers import train_on_digits
 from fastnofrost.evaluation.attacks import AttackSettings, build_attacks
 from fastnofrost.evaluation.data import validation_loader
 from fastnofrost.training.validate import (STRONG_MIN, STRONG_SHARE, attack_units, best_scores,
@@ -34,19 +32,7 @@ class ScaledLinear(nn.Module):
 @pytest.fixture(scope="module")
 def linear():
     pytest.importorskip("sklearn")
-    loader = build_loader("digits", train=True, batch_size=64, image_size=16, seed=0)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = ScaledLinear()
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
-        for epoch in range(10):
-            loader.set_epoch(epoch)
-            for x, y in loader:
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    return model.eval()
+    return train_on_digits(ScaledLinear, epochs=10, lr=1e-2)
 
 
 def check(model, n=64):

@@ -14,7 +14,7 @@ no shape to the compiled code: a run compiles a fixed number of graphs (docs/des
 """
 import contextlib
 import math
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn.functional as F
