@@ -582,11 +582,11 @@ def test_yaml_config_and_precedence(tmp_path):
 
 def train_cmd(out, *extra, precision="fp32"):
     """train.py on a tiny run. The precision is pinned (auto is bf16 on a CPU with native bf16,
-    fp32 elsewhere, and CI hosts differ), the validation is PGD's alone (the validation attacks'
-    own test below); a later flag in ``extra`` wins."""
+    fp32 elsewhere, and CI hosts differ), the validation every epoch and PGD's alone (the
+    validation attacks' own test below); a later flag in ``extra`` wins."""
     return [sys.executable, TRAIN, "--out", str(out), "--progress", "false", "--tensorboard", "false",
             "--width", "0.25", "--image-size", "16", "--batch-size", "32", "--steps", "2", "--epochs", "2",
-            "--val-examples", "64", "--val-attacks", "pgd", "--precision", precision, *extra]
+            "--val-examples", "64", "--val-every", "1", "--val-attacks", "pgd", "--precision", precision, *extra]
 
 
 def env(**kw):

@@ -5,15 +5,18 @@ Markdown / JSON files.
   and attacked (the clean input is inside every eps-ball, so an attacker may keep it).
 * Worst case (white-box): correct clean and under every white-box attack run, per example;
   worst case (all): correct under every attack run, AutoAttack and black-box ones included.
-* Masking warning: when PGD's robust accuracy exceeds the per-example worst case of every attack
-  run by more than ``MASKING_GAP`` points and by more than ``MASKING_SHARE`` of the clean
-  accuracy, gradients are likely masked (obfuscated) and PGD overstates robustness, as for the
-  released NoFrost ResNet-50 (74.1% clean, 22.5% PGD, 1.3% AutoAttack: a gap of 29% of the clean
-  accuracy). Stronger attacks break a few of the examples PGD leaves on honest models too
-  (APGD's adaptive step): the digits demo, 97.2% clean, PGD-20 89.1%, AutoAttack 81.6%, a gap of
-  8% of the clean accuracy. Relative to the clean accuracy, not to PGD's: a weak model's few
-  robust examples make any gap a large share of PGD's number. Training's validation uses the
-  same rule (fastnofrost/training/validate.py).
+* Masking warning: when PGD's robust accuracy is at least ``MASKING_RATIO`` times the per-example
+  worst case of every attack run, and the gap is more than ``MASKING_GAP`` points and more than
+  ``MASKING_SHARE`` of the clean accuracy: gradients are likely masked (obfuscated) and PGD
+  overstates robustness, as for the released NoFrost ResNet-50 (74.1% clean, 22.5% PGD, 1.3%
+  AutoAttack: PGD 17x the worst case, a gap of 29% of the clean accuracy). Why three tests:
+  masking makes PGD's number a multiple of the truth, while on honest models stronger attacks
+  only break some of PGD's robust examples (APGD's adaptive step): the digits demo, 97.2% clean,
+  PGD-20 89.1%, AutoAttack 81.6%; in its third epoch of training, PGD-10 65.6% and APGD 46.9% on
+  32 examples. The ratio alone would fire on a weak model whose few robust examples fall to any
+  stronger attack (a linear model at eps 32/255: PGD 7.8%, APGD 1.6%, 97% clean), hence the gap
+  relative to the clean accuracy; and a few examples of a small subset would pass both, hence
+  the 5 points. Training's validation uses the same rule (fastnofrost/training/validate.py).
 """
 import json
 import math
@@ -24,8 +27,9 @@ import torch
 
 from .attacks import BLACK_BOX, WHITE_BOX, AttackSettings, kind, label
 
-MASKING_GAP = 5.0     # percentage points, and ...
-MASKING_SHARE = 0.15  # ... this share of the clean accuracy: a gap above both is a masking sign
+MASKING_RATIO = 2.0   # PGD's accuracy at least this multiple of the worst case, and the gap above ...
+MASKING_GAP = 5.0     # ... this many percentage points and ...
+MASKING_SHARE = 0.15  # ... this share of the clean accuracy: a masking sign
 
 
 def _pct(mask: torch.Tensor) -> float:
@@ -62,21 +66,22 @@ def worst_case(results: Dict[str, dict]) -> Dict[str, Optional[dict]]:
 
 
 def masking_warnings(rows: Dict[str, dict], worst: Optional[dict]) -> List[str]:
-    """The gradient-masking warning: PGD's robust accuracy above ``worst`` (the per-example
-    worst case over every attack run, :func:`worst_case`'s 'all') by more than MASKING_GAP
-    points and more than MASKING_SHARE of the clean accuracy; none unless PGD and another attack
-    ran."""
+    """The gradient-masking warning: PGD's robust accuracy at least MASKING_RATIO times
+    ``worst`` (the per-example worst case over every attack run, :func:`worst_case`'s 'all'), by
+    more than MASKING_GAP points and more than MASKING_SHARE of the clean accuracy; none unless
+    PGD and another attack ran."""
     if "pgd" not in rows or worst is None or len(worst["attacks"]) < 2:
         return []
-    pgd = rows["pgd"]["accuracy"]
+    pgd, clean = rows["pgd"]["accuracy"], rows["clean"]["accuracy"]
     gap = pgd - worst["accuracy"]
-    if gap <= MASKING_GAP or gap <= MASKING_SHARE * rows["clean"]["accuracy"]:
+    if pgd < MASKING_RATIO * worst["accuracy"] or gap <= MASKING_GAP or gap <= MASKING_SHARE * clean:
         return []
     others = ", ".join(rows[n]["label"] for n in worst["attacks"] if n != "pgd")
-    return [f"{rows['pgd']['label']} robust accuracy ({pgd:.2f}%) exceeds the per-example worst case of it and "
-            f"{others} ({worst['accuracy']:.2f}%) by {gap:.2f} points (> {MASKING_GAP:g} points and > "
-            f"{MASKING_SHARE:.0%} of the clean accuracy, {rows['clean']['accuracy']:.2f}%): a sign of gradient masking, so PGD overstates this model's robustness; "
-            "trust the worst case."]
+    return [f"{rows['pgd']['label']} robust accuracy ({pgd:.2f}%) is {pgd / max(worst['accuracy'], 1e-9):.1f}x the "
+            f"per-example worst case of it and {others} ({worst['accuracy']:.2f}%), {gap:.2f} points above it (>= "
+            f"{MASKING_RATIO:g}x, > {MASKING_GAP:g} points and > {MASKING_SHARE:.0%} of the clean accuracy, "
+            f"{clean:.2f}%): a sign of gradient masking, so PGD overstates this model's robustness; trust the worst "
+            "case."]
 
 
 def metric_rows(metrics: Dict[str, dict]) -> Dict[str, dict]:
