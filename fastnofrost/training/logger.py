@@ -124,14 +124,14 @@ def plot(run_dir: str) -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
         epochs = [r["epoch"] + 1 for r in val]
         ax.plot(epochs, [r["clean"] for r in val], "o-", label="clean")
-        ax.plot(epochs, [r["robust"] for r in val], "s-", label="PGD")
+        ax.plot(epochs, [r["robust"] for r in val], "s-", label="PGD (first --val-examples)")
         attacks = sorted({k for r in val for k in r if k.startswith("strong_") and k not in (
             "strong_n", "strong_seconds", "strong_clean")})  # the validation attacks, on their subset
         for key in attacks + ["worst"]:
             points = [(r["epoch"] + 1, r[key]) for r in val if key in r]
             if points:
                 ax.plot(*zip(*points), "x--" if key != "worst" else "k^-",
-                        label=key[len("strong_"):] if key != "worst" else "worst case")
+                        label=f"{key[len('strong_'):]} (subset)" if key != "worst" else "worst case (subset)")
         ax.set_xlabel("epoch"), ax.set_ylabel("validation accuracy (%)"), ax.legend(), ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(os.path.join(run_dir, "accuracy.png"), dpi=100)
