@@ -89,15 +89,18 @@ class Sizes:
     pixels: tuple
     workers: int
     imagenet: tuple  # flags added to README_IMAGENET (GPU: the run's length and one GPU's share)
+    val: tuple  # flags of the validating runs (GPU: none, the defaults' validation attacks)
 
 
 # The README's ImageNet command (8 GPUs), less its launcher and its --data / --out.
 README_IMAGENET = ("--model", "nf_resnet50", "--method", "nofrost")
 GPU = Sizes("cuda", "nf_resnet26", 1.0, 224, 64, 30, 10, 6, 256, 256, 40, (("train", 64), ("val", 10)),
-            (160, 320), 8, ("--grad-accum", "8", "--max-steps", "2"))
+            (160, 320), 8, ("--grad-accum", "8", "--max-steps", "2"), ())
 DRY = Sizes("cpu", "nf_resnet26_small", 0.25, 16, 16, 4, 2, 2, 16, 16, 10, (("train", 8), ("val", 2)), (24, 48), 0,
             ("--max-steps", "1", "--device", "cpu", "--width", "0.25", "--image-size", "16", "--batch-size", "16",
-             "--workers", "0", "--val-examples", "16"))
+             "--workers", "0", "--val-examples", "16"),
+           # APGD-T's 900 steps in emulated bf16 on a 2-core CPU: minutes per validation; APGD-CE on 4 examples
+           ("--val-attacks", "pgd,apgd-ce", "--val-strong-examples", "4"))
 
 
 @dataclasses.dataclass
@@ -297,7 +300,7 @@ def build_checks(sizes: Sizes, work: str, python: str = sys.executable) -> List[
                "--compile", "auto", "--workers", str(sizes.workers), "--epochs", "100", "--max-steps", str(steps),
                "--log-every", str(log), "--save-every", str(save), "--progress", "false",
                "--tensorboard", "false", "--val-examples", str(sizes.val_examples),
-               "--val-every", "1" if val else "0", "--out", out, *extra]
+               "--val-every", "1" if val else "0", *(sizes.val if val else ()), "--out", out, *extra]
         return out, cmd
 
     def probe(name, *argv):
