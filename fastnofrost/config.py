@@ -20,7 +20,6 @@ from .attacks.base import COMPILE_LEVELS, PRECISIONS as ATTACK_PRECISIONS, defau
 from .data import BACKENDS as DATA_BACKENDS, DATASETS
 from .methods import METHODS
 from .methods.base import dual_bn_problem
-from .training.validate import STRONG_MIN, STRONG_SHARE
 
 PRECISIONS = ("auto",) + tuple(ATTACK_PRECISIONS)
 BACKENDS = ("auto",) + DATA_BACKENDS
@@ -40,6 +39,10 @@ RECIPES = {"paper": {}, "official-script": dict(steps=7, val_steps=5, val_alpha=
                                                 decay_all=True)}
 LR_SCHEDULES = ("step", "epoch")
 VAL_ALPHAS = ("auto", "train")
+# --val-strong-examples' default: the validation attacks cost STRONG_SHARE of an epoch's training
+# FLOPs, on at least STRONG_MIN examples (fastnofrost/training/validate.py counts them)
+STRONG_SHARE = 0.03
+STRONG_MIN = 32
 
 
 def _parse_bool(text: str) -> bool:
@@ -316,10 +319,10 @@ def _problems(c: TrainConfig, world_size: int) -> List[str]:
 
 def _val_attack_problem(text: str) -> str:
     """The sentence for a bad --val-attacks ('' when it is good)."""
-    from .evaluation.attacks import MENU, WHITE_BOX, kind
+    from .attacks import ATTACKS, WHITE_BOX
 
     names = [n.strip() for n in text.split(",")]
-    white = [n for n in MENU if n != "clean" and kind(n) == WHITE_BOX]
+    white = [a.menu for a in ATTACKS.values() if a.menu is not None and a.kind == WHITE_BOX]  # the evaluation's
     if names[0] != "pgd" or len(set(names)) != len(names) or not set(names) <= set(white):
         return (f"--val-attacks must be pgd, then any of {', '.join(n for n in white if n != 'pgd')} "
                 f"(comma-separated, each once), got {text!r}")

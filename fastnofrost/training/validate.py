@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks import pgd
+from ..config import STRONG_MIN, STRONG_SHARE
 from ..attacks.base import Precision, attack_mode
 from ..nn import weight_group
 from .. import distributed
@@ -73,8 +74,6 @@ def validate(module, loader, *, eps, steps, examples, precision, device, alpha=N
 
 # ------------------------------------------------------------------ the validation attacks
 
-STRONG_SHARE = 0.03  # default subset: the validation attacks cost this share of an epoch's training ...
-STRONG_MIN = 32      # ... but run on at least this many examples
 
 
 def attack_units(attack) -> int:
