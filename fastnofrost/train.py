@@ -45,7 +45,7 @@ from fastnofrost.training.logger import RunLog, plot, summary_table
 from fastnofrost.training.preemption import EXIT_CODE, Preempted, Preemption
 from fastnofrost.training.schedule import cosine_with_warmup
 from fastnofrost.training.validate import (attack_units, best_scores, default_strong_examples, strong_record,
-                                           strong_validation, training_units, validate)
+                                           strong_validation, target_classes, training_units, validate)
 
 log = logging.getLogger("fastnofrost.train")
 def _deepaugment(cfg, device):
@@ -171,7 +171,7 @@ class Trainer:
         from fastnofrost.evaluation.data import validation_loader
 
         attacks = build_attacks(names, AttackSettings(eps=cfg.eps_pixels, steps=cfg.val_steps))
-        targets = max((getattr(a, "n_target_classes", 0) for a in attacks.values() if a.targeted is True), default=0)
+        targets = max(target_classes(a) for a in attacks.values())
         if targets >= self.train_loader.num_classes:  # before the first epoch, not at the first validation
             raise ConfigError(f"--val-attacks {cfg.val_attacks}: APGD-T targets the {targets} most likely other classes, "
                               f"and the data has {self.train_loader.num_classes}: leave apgd-t out")

@@ -76,12 +76,15 @@ def validate(module, loader, *, eps, steps, examples, precision, device, alpha=N
 
 
 
+def target_classes(attack) -> int:
+    """How many other classes an attack runs against in turn (APGD-T: 9); 0 for the others."""
+    return attack.n_target_classes if attack.targeted is True and hasattr(attack, "n_target_classes") else 0
+
+
 def attack_units(attack) -> int:
     """Forward-equivalents an attack spends per example at most: 2 per gradient step (a
     forward and an input-only backward), per target and restart (APGD-T: 9 targets)."""
-    targets = attack.n_target_classes if getattr(attack, "targeted", False) is True and hasattr(
-        attack, "n_target_classes") else 1
-    return 2 * attack.steps * targets * getattr(attack, "restarts", 1)
+    return 2 * attack.steps * max(1, target_classes(attack)) * getattr(attack, "restarts", 1)
 
 
 def training_units(steps: int) -> int:
