@@ -81,15 +81,24 @@ class Row(NamedTuple):
 
 
 class Job(NamedTuple):
-    """One training run: a method of the table, the engine that trains it, its precision, the seed."""
+    """One training run: a method of the table, the engine that trains it, its precision, the seed,
+    and (the official engine) the diagnostic flags of official_train.py it runs with ('': the
+    official loop itself)."""
     row: Row
     engine: str
     precision: str
     seed: int
+    flags: str = ""
+
+    @property
+    def label(self) -> str:
+        """The engine as the table and the verdicts name it: 'official --attack-first', ..."""
+        return f"{self.engine} {self.flags}" if self.flags else self.engine
 
     @property
     def name(self) -> str:
-        return f"{self.row.key}-{self.engine}-{self.precision}-seed{self.seed}"
+        variant = "".join("+" + f.lstrip("-") for f in self.flags.split())
+        return f"{self.row.key}-{self.engine}{variant}-{self.precision}-seed{self.seed}"
 
 
 ROWS = (Row("st_bn", "ST", "BN", "resnet26_small", "st"),
@@ -160,7 +169,7 @@ def train_command(job: Job, sched: Schedule, data: str, device: str, run_dir: Pa
     command = [sys.executable, str(ENGINES[job.engine])]
     for name, value in flags.items():
         command += ["--" + name.replace("_", "-"), str(value)]
-    return command
+    return command + job.flags.split()
 
 
 def train(job: Job, sched: Schedule, data: str, device: str, out: Path, reuse: bool, threads: int) -> dict:
@@ -297,19 +306,21 @@ def mean_error(entry: dict, metric: str) -> float:
 
 
 def verdicts(results: dict) -> list:
-    """Per method trained by both engines: ours minus official per metric, with the standard error
-    of that difference; ``equal`` (within noise) only when every |difference| < 2 standard errors,
-    else ``differs_on`` names the metrics."""
-    ours, official = results.get("ours", {}), results.get("official", {})
+    """Per method trained by ours and an official engine (the loop, or one of its diagnostic
+    variants, ``against``): ours minus it per metric, with the standard error of that difference;
+    ``equal`` (within noise) only when every |difference| < 2 standard errors, else ``differs_on``
+    names the metrics."""
+    ours = results.get("ours", {})
     out = []
-    for key in ours:
-        a, b = ours[key], official.get(key)
-        if b is None or "clean" not in a or "clean" not in b:
-            continue
-        metrics = {m: {"diff": a[m] - b[m], "se": math.hypot(mean_error(a, m), mean_error(b, m))}
-                   for m in METRICS if m in a and m in b}
-        differs = [m for m, d in metrics.items() if not abs(d["diff"]) < 2 * d["se"]]
-        out.append(dict(key=key, metrics=metrics, equal=not differs, differs_on=differs))
+    for against in (label for label in results if label.split()[0] == "official"):
+        for key in ours:
+            a, b = ours[key], results[against].get(key)
+            if b is None or "clean" not in a or "clean" not in b:
+                continue
+            metrics = {m: {"diff": a[m] - b[m], "se": math.hypot(mean_error(a, m), mean_error(b, m))}
+                       for m in METRICS if m in a and m in b}
+            differs = [m for m, d in metrics.items() if not abs(d["diff"]) < 2 * d["se"]]
+            out.append(dict(key=key, against=against, metrics=metrics, equal=not differs, differs_on=differs))
     return out
 
 
@@ -320,7 +331,7 @@ def verdict_text(lines: list) -> str:
         parts = ", ".join(f"{METRICS[m]} {d['diff']:+.1f} +- {d['se']:.1f}" for m, d in v["metrics"].items())
         result = ("equal within noise (every |difference| < 2 standard errors)" if v["equal"] else
                   "differs on " + ", ".join(METRICS[m] for m in v["differs_on"]) + " (|difference| >= 2 standard errors)")
-        text.append(f"{row.label} ({row.norm}), ours minus official, points: {parts}: {result}")
+        text.append(f"{row.label} ({row.norm}), ours minus {v['against']}, points: {parts}: {result}")
     return "\n".join(text)
 
 
@@ -382,16 +393,17 @@ def table(rows, results: dict, eps: float, data: str, n: int, n_aa: int, seeds: 
             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     lines = [head]
     for row in rows:
-        for engine in ENGINES:
-            r = results.get(engine, {}).get(row.key)
+        for engine in results:  # ours, then the official loop and its diagnostic variants
+            r = results[engine].get(row.key)
             if r is None:
                 continue
+            name = f"{engine.split()[0]} {precisions[engine.split()[0]]}" + engine[len(engine.split()[0]):]
             if "clean" not in r:
-                lines.append(f"| {row.label} | {row.norm} | {engine} {precisions[engine]} | failed: {r.get('error', '?')} | | | | |")
+                lines.append(f"| {row.label} | {row.norm} | {name} | failed: {r.get('error', '?')} | | | | |")
                 continue
             cells = [cell(r, m) for m in METRICS]
             cpu = f" ({r['train_cpu_s']:.0f})" if r["train_cpu_s"] is not None else ""
-            lines.append(f"| {row_label(row, r)} | {row.norm} | {engine} {precisions[engine]} | " + " | ".join(cells)
+            lines.append(f"| {row_label(row, r)} | {row.norm} | {name} | " + " | ".join(cells)
                          + f" | {r['train_s']:.0f}{cpu} |")
     spread = f"mean +- standard deviation over {seeds} seeds; " if seeds > 1 else ""
     lines.append(f"\nAccuracy (%) on {n} {data} test images{on_aa}; {spread}L-inf eps {eps:g}/255, "
@@ -486,6 +498,9 @@ def parse(argv=None):
     p.add_argument("--engines", default="ours",
                    help="comma-separated: ours (fastnofrost/train.py), official (official_train.py: PGDAT.py's loop; "
                         f"methods {', '.join(r.key for r in ROWS if r.method in OFFICIAL_METHODS)})")
+    p.add_argument("--official-variants", default="",
+                   help="semicolon-separated flag sets of official_train.py's fidelity diagnostics, each trained as "
+                        "one more official engine ('' is the loop itself), e.g. ';--attack-first;--no-decay-1d'")
     p.add_argument("--ours-precision", default="auto", choices=PRECISIONS,
                    help="ours' training precision (train.py --precision; default auto: resolved here for --device, "
                         "bf16 on CUDA and on a CPU with native bf16). The official loop trains in fp32, as PGDAT.py")
@@ -516,6 +531,9 @@ def parse(argv=None):
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
     args.engines = [e for e in ENGINES if e in engines]
+    args.official_variants = [" ".join(v.split()) for v in args.official_variants.split(";")]
+    if args.official_variants != [""] and "official" not in args.engines:
+        p.error("--official-variants needs --engines official")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA device is visible")
     ours = resolve_precision(TrainConfig(precision=args.ours_precision), torch.device(args.device))  # as train.py
@@ -537,7 +555,7 @@ def run_job(job: Job, sched: Schedule, data: str, args, out: Path, x, y) -> dict
     """Train and evaluate one run (in a worker process of ``args.threads`` threads); a failure is
     recorded, not raised, so the other runs still go on."""
     torch.set_num_threads(args.threads)
-    head = dict(engine=job.engine, key=job.row.key, seed=job.seed, run_dir=str(out / job.name))
+    head = dict(engine=job.label, key=job.row.key, seed=job.seed, run_dir=str(out / job.name))
     try:
         summary = train(job, sched, data, args.device, out, args.reuse, args.threads)
         model = load_model(job.row, sched, out / job.name, args.device)
@@ -571,8 +589,8 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     x, y = test_set(data, sched.eval_examples, sched.image_size, "cpu", args.seed)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    jobs = [Job(row, engine, args.precisions[engine], seed) for row in rows for engine in args.engines
-            for seed in seeds]
+    jobs = [Job(row, engine, args.precisions[engine], seed, flags) for row in rows for engine in args.engines
+            for flags in (args.official_variants if engine == "official" else [""]) for seed in seeds]
     print(f"fidelity ({mode}) on {data}: {len(rows)} method(s) x engines {', '.join(args.engines)} x {len(seeds)} "
           f"seed(s) = {len(jobs)} runs, {args.jobs} at a time x {args.threads} thread(s), {sched}; runs in {out}; "
           f"load average {info['load_start']}", flush=True)

@@ -122,14 +122,19 @@ def official_attack(model, x, y, eps: float, steps: int, alpha: float, start=Non
         return official_pgd(model, x, y, eps, steps, alpha, start=start)
 
 
-def _step(model, optimizer, steps: int, eps: float, alpha: float, lam: float, smoothing: float, noparamgrad: bool):
+def _step(model, optimizer, steps: int, eps: float, alpha: float, lam: float, smoothing: float, noparamgrad: bool,
+          attack_first: bool = False):
     def step(x, y):
+        attacks = steps and lam
+        if attacks and attack_first:  # ours' order: the attack sees running statistics without this clean batch
+            x_adv = official_attack(model, x, y, eps, steps, alpha, noparamgrad=noparamgrad)
         model.train()
         logits = model(x)
         loss_clean = F.cross_entropy(logits, y, label_smoothing=smoothing)
         loss, loss_adv, logits_adv = loss_clean, None, None
-        if steps and lam:
-            x_adv = official_attack(model, x, y, eps, steps, alpha, noparamgrad=noparamgrad)
+        if attacks:
+            if not attack_first:
+                x_adv = official_attack(model, x, y, eps, steps, alpha, noparamgrad=noparamgrad)
             logits_adv = model(x_adv)
             loss_adv = F.cross_entropy(logits_adv, y, label_smoothing=smoothing)
             loss = (1 - lam) * loss_clean + lam * loss_adv
@@ -143,10 +148,16 @@ def _step(model, optimizer, steps: int, eps: float, alpha: float, lam: float, sm
     return step
 
 
-def official_step(model, optimizer, steps: int, eps: float, alpha: float, lam: float = 0.5, smoothing: float = 0.1):
+def official_step(model, optimizer, steps: int, eps: float, alpha: float, lam: float = 0.5, smoothing: float = 0.1,
+                  attack_first: bool = False):
     """One PGDAT.py training step ``step(x, y)`` on pixels in [0, 1]; ``steps`` 0 (or ``lam`` 0)
-    is its normal training. Returns the per-step meters as PGDAT.py reads them."""
-    return _step(model, optimizer, steps, eps, alpha, lam, smoothing, noparamgrad=True)
+    is its normal training. Returns the per-step meters as PGDAT.py reads them.
+
+    ``attack_first`` (NOT the official code: a fidelity diagnostic, ``official_train.py
+    --attack-first``): the attack runs before the clean train-mode forward, as ours runs it, so
+    with BatchNorm its eval-mode forwards use running statistics that do not yet hold the current
+    clean batch. Without BatchNorm the two orders compute the same step."""
+    return _step(model, optimizer, steps, eps, alpha, lam, smoothing, noparamgrad=True, attack_first=attack_first)
 
 
 def naive_attack_step(model, optimizer, steps: int, eps: float, alpha: float, lam: float = 0.5,

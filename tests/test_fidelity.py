@@ -21,7 +21,7 @@ BENCH = os.path.join(REPO, "benchmarks")
 sys.path.insert(0, BENCH)
 
 from fidelity import MBNAT_GAMMAS, aggregate, comparisons, mbnat_clean_at, verdicts  # noqa: E402  (not a package)
-from official import official_model, official_optimizer, official_step  # noqa: E402
+from official import official_attack, official_model, official_optimizer, official_step  # noqa: E402
 from fastnofrost.models import create_model  # noqa: E402
 from fastnofrost.training.engine import auto_precision  # noqa: E402
 pytestmark = pytest.mark.usefixtures("deepspeed_op")  # built once, before the first run
@@ -215,3 +215,101 @@ def test_official_step_equals_a_transcription_of_pgdat_loop_body():
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert any((a - b).abs().max() > 0 for a, b in zip(models[0].parameters(), base.parameters()))
+
+
+# ------------------------------------------------------------ the fidelity diagnostics of official_train.py
+
+def _trained_pair(method: str, official_order: bool, decay_all: bool, monkeypatch):
+    """One BatchNorm model trained three steps by ours' step (``method`` at Lambda 1; torch SGD on
+    train.py's groups) and by ``official_step`` at Lambda 1 (attack first unless
+    ``official_order``; train.py's groups unless ``decay_all``), float64, every attack started at x
+    (deterministic)."""
+    import official
+    from fastnofrost.attacks import PGD
+    from fastnofrost.methods import build_method
+    from fastnofrost.training.engine import param_groups
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(official, "official_attack",
+                        lambda model, x, *a, **k: official_attack(model, x, *a, start=x, **k))
+    torch.manual_seed(0)
+    base = create_model("resnet26_small", num_classes=10, in_chans=1, width=0.25).double().train()
+    x, y = torch.rand(16, 1, 16, 16, dtype=torch.float64), torch.randint(0, 10, (16,))
+    base(torch.rand(64, 1, 16, 16, dtype=torch.float64) * 0.3)  # running statistics far from x's batch statistics
+    eps, steps, alpha, wd = 8 / 255, 3, 2 / 255, 5e-2
+
+    def sgd(model, all_params):
+        groups = param_groups(SimpleNamespace(decay_all=all_params, wd=wd), model)
+        return torch.optim.SGD(groups, lr=0.1, momentum=0.9, nesterov=True)
+
+    ours_model, theirs_model = copy.deepcopy(base), copy.deepcopy(base)
+    ours_opt, theirs_opt = sgd(ours_model, False), sgd(theirs_model, decay_all)
+    ours = build_method(method, PGD(eps, steps, alpha, random_start=False, precision="fp32"), 0.1, lam=1.0)
+    theirs = official_step(theirs_model, theirs_opt, steps, eps, alpha, lam=1.0, smoothing=0.1,
+                           attack_first=not official_order)
+    for _ in range(3):
+        out = ours(ours_model, ours_model, x, y)
+        ours_opt.zero_grad()
+        out.loss.backward()
+        ours_opt.step()
+        theirs(x, y)
+    return ours_model, theirs_model
+
+
+def _same_state(a, b) -> bool:
+    return all(torch.allclose(p, q, rtol=1e-9, atol=1e-12) for p, q in zip(a.state_dict().values(),
+                                                                          b.state_dict().values()))
+
+
+@pytest.mark.parametrize("method, official_order, decay_all, same", [
+    ("nofrost", False, False, True),   # --attack-first --no-decay-1d: ours' step, to float64 rounding
+    ("nofrost", True, False, False),   # the official order alone differs
+    ("nofrost", False, True, False),   # the decay of 1-d parameters alone differs
+    ("sat", False, False, False),      # ours' SAT: no clean forward, so no clean batch in the running statistics
+])
+def test_official_step_with_the_step_diagnostics_is_ours(method, official_order, decay_all, same, monkeypatch):
+    """With --attack-first and --no-decay-1d the official loop's step at Lambda 1 is ours at Lambda 1
+    with a clean view of weight 0 (``--method nofrost --lambda 1``; BatchNorm model, float64, three
+    steps): the attack's order, the 1-d weight decay and (ours' SAT) the clean batches in the
+    running statistics are the only differences of the step itself (docs/fidelity.md)."""
+    assert _same_state(*_trained_pair(method, official_order, decay_all, monkeypatch)) is same
+
+
+def test_official_data_order_ours_reads_train_py_batches():
+    """--data-order ours: the official loop's batches of epochs 0 and 1 are the ones train.py's
+    loader yields for the same seed (digits, 2 seeds); the default order is another."""
+    import official_train
+    from fastnofrost.data import build_loader
+
+    for seed in (0, 3):
+        args = official_train.parse(["--data", "digits", "--method", "sat", "--model", "resnet26_small", "--out",
+                                     "/nonexistent", "--image-size", "8", "--epochs", "2", "--batch-size", "32",
+                                     "--lr", "0.1", "--eps", "8", "--steps", "1", "--train-examples", "256",
+                                     "--seed", str(seed), "--data-order", "ours"])
+        x, y, position = official_train.training_set(args)
+        loader = build_loader("digits", train=True, batch_size=32, image_size=8, subset=256, seed=seed, workers=0)
+        for epoch in (0, 1):
+            order = official_train.epoch_order(args, position, epoch)
+            loader.set_epoch(epoch)
+            batches = list(loader)
+            assert len(batches) == len(order) // 32 == 8
+            for i, (xb, yb) in enumerate(batches):
+                rows = order[i * 32:(i + 1) * 32]
+                assert torch.equal(x[rows], xb) and torch.equal(y[rows], yb)
+        args.data_order = "torch"
+        assert not torch.equal(official_train.epoch_order(args, position, 0), order)
+
+
+def test_official_no_decay_1d_uses_train_py_groups():
+    import official_train
+
+    args = official_train.parse(["--data", "digits", "--method", "sat", "--model", "resnet26_small", "--out",
+                                 "/nonexistent", "--image-size", "8", "--epochs", "1", "--batch-size", "32",
+                                 "--lr", "0.1", "--eps", "8", "--steps", "1"])
+    model = create_model("resnet26_small", num_classes=10, in_chans=1, width=0.25)
+    decays = lambda opt: {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}  # noqa: E731
+    assert set(decays(official_train.optimizer_for(args, model)).values()) == {5e-5}  # PGDAT.py: every parameter
+    args.no_decay_1d = True
+    got = decays(official_train.optimizer_for(args, model))
+    assert got == {id(p): (0.0 if p.ndim <= 1 else 5e-5) for p in model.parameters()}
+    assert any(v == 0.0 for v in got.values()) and any(v == 5e-5 for v in got.values())
