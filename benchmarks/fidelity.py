@@ -82,8 +82,8 @@ class Row(NamedTuple):
 
 class Job(NamedTuple):
     """One training run: a method of the table, the engine that trains it, its precision, the seed,
-    and (the official engine) the diagnostic flags of official_train.py it runs with ('': the
-    official loop itself)."""
+    and the diagnostic flags its engine runs with (``--official-variants``, ``--ours-variants``;
+    '': the engine as it is)."""
     row: Row
     engine: str
     precision: str
@@ -306,21 +306,22 @@ def mean_error(entry: dict, metric: str) -> float:
 
 
 def verdicts(results: dict) -> list:
-    """Per method trained by ours and an official engine (the loop, or one of its diagnostic
-    variants, ``against``): ours minus it per metric, with the standard error of that difference;
-    ``equal`` (within noise) only when every |difference| < 2 standard errors, else ``differs_on``
-    names the metrics."""
-    ours = results.get("ours", {})
+    """Per method trained by an ours engine (train.py, or one of its variants, ``engine``) and an
+    official one (the loop, or one of its diagnostic variants, ``against``): the first minus the
+    second per metric, with the standard error of that difference; ``equal`` (within noise) only
+    when every |difference| < 2 standard errors, else ``differs_on`` names the metrics."""
     out = []
-    for against in (label for label in results if label.split()[0] == "official"):
-        for key in ours:
-            a, b = ours[key], results[against].get(key)
-            if b is None or "clean" not in a or "clean" not in b:
-                continue
-            metrics = {m: {"diff": a[m] - b[m], "se": math.hypot(mean_error(a, m), mean_error(b, m))}
-                       for m in METRICS if m in a and m in b}
-            differs = [m for m, d in metrics.items() if not abs(d["diff"]) < 2 * d["se"]]
-            out.append(dict(key=key, against=against, metrics=metrics, equal=not differs, differs_on=differs))
+    for engine in (label for label in results if label.split()[0] == "ours"):
+        for against in (label for label in results if label.split()[0] == "official"):
+            for key, a in results[engine].items():
+                b = results[against].get(key)
+                if b is None or "clean" not in a or "clean" not in b:
+                    continue
+                metrics = {m: {"diff": a[m] - b[m], "se": math.hypot(mean_error(a, m), mean_error(b, m))}
+                           for m in METRICS if m in a and m in b}
+                differs = [m for m, d in metrics.items() if not abs(d["diff"]) < 2 * d["se"]]
+                out.append(dict(key=key, engine=engine, against=against, metrics=metrics, equal=not differs,
+                                differs_on=differs))
     return out
 
 
@@ -331,7 +332,7 @@ def verdict_text(lines: list) -> str:
         parts = ", ".join(f"{METRICS[m]} {d['diff']:+.1f} +- {d['se']:.1f}" for m, d in v["metrics"].items())
         result = ("equal within noise (every |difference| < 2 standard errors)" if v["equal"] else
                   "differs on " + ", ".join(METRICS[m] for m in v["differs_on"]) + " (|difference| >= 2 standard errors)")
-        text.append(f"{row.label} ({row.norm}), ours minus {v['against']}, points: {parts}: {result}")
+        text.append(f"{row.label} ({row.norm}), {v['engine']} minus {v['against']}, points: {parts}: {result}")
     return "\n".join(text)
 
 
@@ -501,6 +502,9 @@ def parse(argv=None):
     p.add_argument("--official-variants", default="",
                    help="semicolon-separated flag sets of official_train.py's fidelity diagnostics, each trained as "
                         "one more official engine ('' is the loop itself), e.g. ';--attack-first;--no-decay-1d'")
+    p.add_argument("--ours-variants", default="",
+                   help="semicolon-separated flag sets appended to train.py's command line, each trained as one more "
+                        "ours engine ('' is train.py as fidelity.py runs it), e.g. ';--method nofrost --lambda 1'")
     p.add_argument("--ours-precision", default="auto", choices=PRECISIONS,
                    help="ours' training precision (train.py --precision; default auto: resolved here for --device, "
                         "bf16 on CUDA and on a CPU with native bf16). The official loop trains in fp32, as PGDAT.py")
@@ -531,9 +535,10 @@ def parse(argv=None):
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
     args.engines = [e for e in ENGINES if e in engines]
-    args.official_variants = [" ".join(v.split()) for v in args.official_variants.split(";")]
-    if args.official_variants != [""] and "official" not in args.engines:
-        p.error("--official-variants needs --engines official")
+    args.variants = {e: [" ".join(v.split()) for v in getattr(args, f"{e}_variants").split(";")] for e in ENGINES}
+    for engine, variants in args.variants.items():
+        if variants != [""] and engine not in args.engines:
+            p.error(f"--{engine}-variants needs --engines {engine}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA device is visible")
     ours = resolve_precision(TrainConfig(precision=args.ours_precision), torch.device(args.device))  # as train.py
@@ -590,7 +595,7 @@ def main(argv=None) -> dict:
     x, y = test_set(data, sched.eval_examples, sched.image_size, "cpu", args.seed)
     seeds = list(range(args.seed, args.seed + args.seeds))
     jobs = [Job(row, engine, args.precisions[engine], seed, flags) for row in rows for engine in args.engines
-            for flags in (args.official_variants if engine == "official" else [""]) for seed in seeds]
+            for flags in args.variants[engine] for seed in seeds]
     print(f"fidelity ({mode}) on {data}: {len(rows)} method(s) x engines {', '.join(args.engines)} x {len(seeds)} "
           f"seed(s) = {len(jobs)} runs, {args.jobs} at a time x {args.threads} thread(s), {sched}; runs in {out}; "
           f"load average {info['load_start']}", flush=True)
