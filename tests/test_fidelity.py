@@ -313,3 +313,31 @@ def test_official_no_decay_1d_uses_train_py_groups():
     got = decays(official_train.optimizer_for(args, model))
     assert got == {id(p): (0.0 if p.ndim <= 1 else 5e-5) for p in model.parameters()}
     assert any(v == 0.0 for v in got.values()) and any(v == 5e-5 for v in got.values())
+
+
+def test_variants_get_their_own_rows_names_and_verdicts():
+    """--ours-variants / --official-variants: each flag set is one more engine, named by its flags,
+    with its own run folder and a verdict against every engine of the other side."""
+    from fidelity import ROWS, Job, parse
+
+    args = parse(["--quick", "--methods", "sat_bn", "--engines", "ours,official",
+                  "--official-variants", ";--attack-first;--no-decay-1d  --data-order ours",
+                  "--ours-variants", ";--method nofrost --lambda 1"])[0]
+    assert args.variants == {"ours": ["", "--method nofrost --lambda 1"],
+                             "official": ["", "--attack-first", "--no-decay-1d --data-order ours"]}
+    sat = next(r for r in ROWS if r.key == "sat_bn")
+    job = Job(sat, "official", "fp32", 2, "--no-decay-1d --data-order ours")
+    assert job.label == "official --no-decay-1d --data-order ours"
+    assert job.name == "sat_bn-official+no-decay-1d+data-order+ours-fp32-seed2"
+    assert Job(sat, "ours", "fp32", 0).name == "sat_bn-ours-fp32-seed0"  # unchanged: --reuse finds older runs
+    with pytest.raises(SystemExit):
+        parse(["--quick", "--engines", "ours", "--official-variants", "--attack-first"])
+    runs = [run(engine, "sat_bn", seed, 70.0 + seed + shift, 60.0 + seed, 50.0)
+            for engine, shift in (("ours", 0.0), ("ours --method nofrost --lambda 1", 1.0), ("official", 0.0),
+                                  ("official --attack-first", 10.0)) for seed in range(3)]
+    got = {(v["engine"], v["against"]): v for v in verdicts(aggregate(runs))}
+    assert set(got) == {(o, a) for o in ("ours", "ours --method nofrost --lambda 1")
+                        for a in ("official", "official --attack-first")}
+    assert got[("ours", "official")]["equal"] is True
+    assert got[("ours", "official --attack-first")]["differs_on"] == ["clean"]
+    assert got[("ours --method nofrost --lambda 1", "official")]["metrics"]["clean"]["diff"] == pytest.approx(1.0)
