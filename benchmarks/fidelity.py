@@ -184,7 +184,8 @@ def train(job: Job, sched: Schedule, data: str, device: str, out: Path, reuse: b
     if run_dir.exists():
         raise RuntimeError(f"{run_dir} already exists; pass --reuse to evaluate a finished run, or a new --out")
     log_path = out / f"{job.name}.log"
-    print(f"[{job.name}] training {job.row.method} on {job.row.model} (log: {log_path})", flush=True)
+    extra = f" with {job.flags}" if job.flags else ""
+    print(f"[{job.name}] training {job.row.method} on {job.row.model}{extra} (log: {log_path})", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log_path, "w") as log:
