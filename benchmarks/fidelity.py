@@ -399,7 +399,8 @@ def table(rows, results: dict, eps: float, data: str, n: int, n_aa: int, seeds: 
             r = results[engine].get(row.key)
             if r is None:
                 continue
-            name = f"{engine.split()[0]} {precisions[engine.split()[0]]}" + engine[len(engine.split()[0]):]
+            base, _, flags = engine.partition(" ")  # 'official --attack-first': the engine, its flags
+            name = " ".join(filter(None, (base, precisions[base], flags)))
             if "clean" not in r:
                 lines.append(f"| {row.label} | {row.norm} | {name} | failed: {r.get('error', '?')} | | | | |")
                 continue

@@ -70,9 +70,11 @@ def official_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def official_optimizer(model: nn.Module, lr: float, momentum: float, wd: float) -> torch.optim.Optimizer:
-    """PGDAT.py's optimizer: torch SGD, Nesterov, weight decay on every parameter."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd, nesterov=True)
+def official_optimizer(model: nn.Module, lr: float, momentum: float, wd: float, params=None) -> torch.optim.Optimizer:
+    """PGDAT.py's optimizer: torch SGD, Nesterov, weight decay on every parameter (``params``:
+    parameter groups instead, each with its own decay: a fidelity diagnostic)."""
+    return torch.optim.SGD(model.parameters() if params is None else params, lr=lr, momentum=momentum, weight_decay=wd,
+                           nesterov=True)
 
 
 @contextlib.contextmanager

@@ -118,10 +118,8 @@ def epoch_order(args, position: torch.Tensor, epoch: int) -> torch.Tensor:
 def optimizer_for(args, model):
     """PGDAT.py's SGD (weight decay on every parameter) or, ``--no-decay-1d``, the same SGD on
     train.py's two groups (no decay on biases and 1-d parameters)."""
-    if not args.no_decay_1d:
-        return official_optimizer(model, args.lr, MOMENTUM, WEIGHT_DECAY)
-    groups = param_groups(SimpleNamespace(decay_all=False, wd=WEIGHT_DECAY), model)
-    return torch.optim.SGD(groups, lr=args.lr, momentum=MOMENTUM, nesterov=True)
+    groups = param_groups(SimpleNamespace(decay_all=False, wd=WEIGHT_DECAY), model) if args.no_decay_1d else None
+    return official_optimizer(model, args.lr, MOMENTUM, WEIGHT_DECAY, params=groups)
 
 
 def main(argv=None) -> int:
