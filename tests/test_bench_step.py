@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from fastnofrost.training.engine import auto_precision
 from helpers import BENCHMARKS as BENCH
 
 sys.path.insert(0, BENCH)
@@ -62,6 +63,8 @@ def test_quick_run_writes_every_engine_and_k(tmp_path):
     expected = {(name, k) for name in full_ks for k in ks} | {
         (name, k) for name in ("ours-sequential", "naive-attack", "per-layer-ws", "no-ws-cache", "weight-grads",
                                "two-forwards", "unfused-pgd", "unfused-ws") for k in ablation_ks}
+    if auto_precision(torch.device("cpu"))[0] != "fp32":  # a CPU with native bf16: ours at fp32 is an ablation too
+        expected |= {("fp32", k) for k in ablation_ks}
     assert {(r["engine"], r["k"]) for r in result["rows"]} == expected
     assert set(result["engines"]) == {name for name, _ in expected}
     flops = result["flops_per_image"]

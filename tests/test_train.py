@@ -630,8 +630,8 @@ def test_cli_trains_logs_plots_and_checkpoints(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     proc = subprocess.run(train_cmd(out), capture_output=True, text=True, env=env(), timeout=600)
     assert proc.returncode == 1 and "already holds a run" in proc.stderr
-    proc = subprocess.run(train_cmd(out, "--resume", "auto", "--batch-size", "64", "--seed", "3", "--log-every", "1"),
-                          capture_output=True, text=True, env=env(), timeout=600)
+    proc = subprocess.run(train_cmd(out, "--resume", "auto", "--batch-size", "64", "--seed", "3", "--log-every", "1",
+                                    precision="auto"), capture_output=True, text=True, env=env(), timeout=600)
     refusal = [line for line in proc.stderr.splitlines() if "--resume:" in line]
     assert proc.returncode == 1 and len(refusal) == 1, proc.stderr  # one sentence
     assert "(--batch-size 32 -> 64; --seed 0 -> 3)" in refusal[0] and "--log-every" not in refusal[0]
